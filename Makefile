@@ -1,0 +1,39 @@
+# skulens: the two commands of the README are `make demo` and `make test`; each sets itself up.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export DBT_SEND_ANONYMOUS_USAGE_STATS ?= False
+export BENTOML_DO_NOT_TRACK ?= True
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export AIRFLOW__CORE__PARALLELISM ?= 4
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-unit test-integration lint lock clean
+
+setup:  ## build .venv from nothing (idempotent, seconds when up to date)
+	@scripts/setup.sh
+
+demo: setup  ## the main job: canonical tables from the bundled data, simulated events, summary
+	$(BIN)/skulens datasets build
+	$(BIN)/skulens datasets simulate-events --catalog homedepot
+	$(BIN)/skulens datasets summary
+
+test: setup  ## every test: unit, then integration (real components)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+lock:  ## re-resolve requirements/lock.txt
+	scripts/lock.sh
+
+clean:  ## remove local state (SKULENS_HOME default) but keep .venv
+	rm -rf var

@@ -1,0 +1,5 @@
+"""``python -m skulens`` runs the CLI."""
+
+from skulens.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``skulens`` command line."""

@@ -1,0 +1,351 @@
+"""Typed configuration: ``configs/base.yaml`` + ``configs/<profile>.yaml`` + environment.
+
+Resolution order (later wins):
+
+1. ``configs/base.yaml``;
+2. ``configs/<profile>.yaml`` where the profile is ``SKULENS_PROFILE`` (default ``local``);
+3. ``SKULENS_HOME`` for ``home``, and ``SKULENS__SECTION__KEY=value`` for any key (values are
+   parsed as YAML scalars, so ``SKULENS__SPARK__CONF__spark.ui.enabled=true`` works).
+
+String values may reference ``${ENV_VAR}`` or ``${ENV_VAR:-default}`` (resolved when loading; an
+unset variable without a default is an error that names it) and ``{home}`` (the resolved data
+root). Relative paths are taken from the project root, the folder that holds ``configs/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROFILES = ("local", "production")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_PREFIX = "SKULENS__"
+
+
+class ConfigError(ValueError):
+    """Configuration could not be loaded or failed validation; the message says where and why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetsSettings(_Model):
+    """Where the bundled datasets are and how strict a build is."""
+
+    shared_root: Path
+    fashion_dir: str = "fashion"
+    homedepot_judgments: str = "homedepot/judgments.csv"
+    max_reject_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    keep_versions: int = Field(3, ge=1)
+
+    @property
+    def fashion_root(self) -> Path:
+        return self.shared_root / self.fashion_dir
+
+    @property
+    def homedepot_path(self) -> Path:
+        return self.shared_root / self.homedepot_judgments
+
+
+class S3Settings(_Model):
+    """An S3-compatible object store (AWS S3, MinIO)."""
+
+    bucket: str = Field(min_length=3)
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    prefix: str = "skulens"
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"endpoint_url must be an http(s) URL, got {value!r}")
+        return value
+
+
+class StorageSettings(_Model):
+    """Artefact storage: local files by default, an object store in production."""
+
+    backend: Literal["local", "s3"] = "local"
+    local_root: Path
+    s3: S3Settings | None = None
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> StorageSettings:
+        if self.backend == "s3" and self.s3 is None:
+            raise ValueError("storage.backend is 's3' but storage.s3 (bucket, endpoint_url) is missing")
+        return self
+
+
+class DatabaseSettings(_Model):
+    """The metadata database (SQLAlchemy URL)."""
+
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql(\+\w+)?)://", value):
+            raise ValueError(f"database url must be sqlite:// or postgresql://, got {_mask(value)!r}")
+        return value
+
+
+class SparkSettings(_Model):
+    """Where Spark jobs run: ``local[N]`` here, a cluster master URL in production."""
+
+    master: str = "local[2]"
+    app_name: str = "skulens"
+    driver_memory: str = "2g"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("master")
+    @classmethod
+    def _master_url(cls, value: str) -> str:
+        if not re.match(r"^(local(\[(\d+|\*)(,\d+)?\])?|spark://\S+|k8s://\S+|yarn|sc://\S+)$", value):
+            raise ValueError(
+                f"spark.master must be local[N], spark://host:port, k8s://..., yarn or sc://..., got {value!r}"
+            )
+        return value
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        # Spark configuration values are strings; YAML gives ints and booleans.
+        if isinstance(value, Mapping):
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+
+class KafkaSettings(_Model):
+    bootstrap_servers: str = Field(min_length=3)
+    events_topic: str = "skulens.events"
+
+
+class StreamSettings(_Model):
+    """The click stream: a folder of files locally, Kafka in production."""
+
+    backend: Literal["files", "kafka"] = "files"
+    files_dir: Path | None = None
+    kafka: KafkaSettings | None = None
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> StreamSettings:
+        if self.backend == "kafka" and self.kafka is None:
+            raise ValueError("stream.backend is 'kafka' but stream.kafka.bootstrap_servers is missing")
+        if self.backend == "files" and self.files_dir is None:
+            raise ValueError("stream.backend is 'files' but stream.files_dir is missing")
+        return self
+
+
+class MLflowSettings(_Model):
+    tracking_uri: str
+    artifact_location: str
+
+
+class AirflowSettings(_Model):
+    home: Path
+    parallelism: int = Field(4, ge=1)
+    sql_alchemy_conn: str
+
+
+class DbtSparkSettings(_Model):
+    method: Literal["thrift", "http", "session"] = "thrift"
+    host: str
+    port: int = 10000
+    schema_: str = Field("skulens", alias="schema")
+
+
+class DbtSettings(_Model):
+    target: Literal["duckdb", "spark"] = "duckdb"
+    duckdb_path: Path | None = None
+    spark: DbtSparkSettings | None = None
+
+    @model_validator(mode="after")
+    def _target_settings(self) -> DbtSettings:
+        if self.target == "spark" and self.spark is None:
+            raise ValueError("dbt.target is 'spark' but dbt.spark (host, port) is missing")
+        if self.target == "duckdb" and self.duckdb_path is None:
+            raise ValueError("dbt.target is 'duckdb' but dbt.duckdb_path is missing")
+        return self
+
+
+class Settings(_Model):
+    """The whole configuration of one skulens deployment."""
+
+    profile: Literal["local", "production"]
+    project_root: Path
+    home: Path
+    datasets: DatasetsSettings
+    storage: StorageSettings
+    database: DatabaseSettings
+    spark: SparkSettings
+    stream: StreamSettings
+    mlflow: MLflowSettings
+    airflow: AirflowSettings
+    dbt: DbtSettings
+
+    @property
+    def tables_dir(self) -> Path:
+        """Canonical tables, one folder per catalogue."""
+        return self.home / "tables"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.home / "events"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain data with passwords in URLs masked, for printing."""
+        return _redact(self.model_dump(mode="json", by_alias=True))
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The folder holding ``configs/base.yaml``: ``SKULENS_PROJECT_ROOT``, else searched upwards
+    from the current directory, else from this package's location (a source checkout)."""
+    explicit = os.environ.get("SKULENS_PROJECT_ROOT")
+    if explicit:
+        return Path(explicit).resolve()
+    for origin in (start or Path.cwd(), Path(__file__).resolve()):
+        for folder in (origin, *origin.parents):
+            if (folder / "configs" / "base.yaml").is_file():
+                return folder.resolve()
+    raise ConfigError(
+        "no configs/base.yaml found above the current directory or the skulens package; "
+        "run from the project checkout or set SKULENS_PROJECT_ROOT"
+    )
+
+
+def load_settings(
+    profile: str | None = None,
+    *,
+    project_root: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load and validate the configuration for ``profile`` (default: ``SKULENS_PROFILE`` or local).
+
+    Raises :class:`ConfigError` with the file, key and reason on any problem.
+    """
+    env = dict(os.environ if env is None else env)
+    profile = profile or env.get("SKULENS_PROFILE", "local")
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    root = (project_root or find_project_root()).resolve()
+    config_dir = Path(env.get("SKULENS_CONFIG_DIR", root / "configs"))
+
+    merged: dict[str, Any] = {}
+    for name in ("base", profile):
+        path = config_dir / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} is missing")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level")
+        merged = _deep_merge(merged, _interpolate_env(data, env, str(path)))
+
+    if env.get("SKULENS_HOME"):
+        merged["home"] = env["SKULENS_HOME"]
+    for key, value in sorted(env.items()):
+        if key.startswith(_ENV_PREFIX) and len(key) > len(_ENV_PREFIX):
+            _set_path(merged, key[len(_ENV_PREFIX) :].lower().split("__"), yaml.safe_load(value))
+
+    home = _resolve_path(root, str(merged.get("home", "var")))
+    merged = _format_home(merged, str(home))
+    merged.update(profile=profile, project_root=str(root), home=str(home))
+    merged.setdefault("datasets", {})
+    for section, key in (
+        ("datasets", "shared_root"),
+        ("storage", "local_root"),
+        ("stream", "files_dir"),
+        ("airflow", "home"),
+        ("dbt", "duckdb_path"),
+    ):
+        value = (merged.get(section) or {}).get(key)
+        if value is not None:
+            merged[section][key] = str(_resolve_path(root, str(value)))
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration (profile {profile!r}): {problems}") from exc
+
+
+def _resolve_path(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else root / path).resolve()
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def _interpolate_env(value: Any, env: Mapping[str, str], where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate_env(v, env, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate_env(v, env, where) for v in value]
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env and env[name] != "":
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where}: environment variable {name} is not set (used as ${{{name}}})")
+
+        return _ENV_REF.sub(substitute, value)
+    return value
+
+
+def _format_home(value: Any, home: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _format_home(v, home) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_format_home(v, home) for v in value]
+    if isinstance(value, str):
+        return value.replace("{home}", home)
+    return value
+
+
+def _mask(text: str) -> str:
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if isinstance(value, str):
+        return _mask(value)
+    return value

@@ -1,0 +1,98 @@
+"""Versioned artefact folders with atomic publishing.
+
+Layout of one artefact (a catalogue's tables, an index, a set of events)::
+
+    <root>/versions/<version_id>/...   one complete build each
+    <root>/CURRENT                     the id of the version readers use
+
+A build writes into a hidden staging folder, which is renamed into ``versions/`` only when the
+build finished, and ``CURRENT`` is then replaced atomically (``os.replace``). A failed build leaves
+no version behind and never touches ``CURRENT``, so the previous good version keeps serving.
+Older versions are kept (``keep`` of them) for rollback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    """A sortable, unique version id such as ``20261122T060102Z-1a2b3c``."""
+    now = now or datetime.now(UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+
+class VersionedDir:
+    """A folder of immutable versions with a ``CURRENT`` pointer."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.versions = self.root / "versions"
+
+    def current_id(self) -> str | None:
+        """The published version id, or None when nothing was published yet."""
+        pointer = self.root / "CURRENT"
+        if not pointer.is_file():
+            return None
+        value = pointer.read_text(encoding="utf-8").strip()
+        return value or None
+
+    def current(self) -> Path | None:
+        """The folder of the published version, or None."""
+        version = self.current_id()
+        return None if version is None else self.versions / version
+
+    def list_versions(self) -> list[str]:
+        """Published version ids, oldest first."""
+        if not self.versions.is_dir():
+            return []
+        return sorted(p.name for p in self.versions.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    @contextmanager
+    def build(self, version_id: str | None = None, *, keep: int = 3) -> Iterator[Path]:
+        """Yield a staging folder; on normal exit publish it as a new version and make it current.
+
+        On an exception the staging folder is removed and the exception propagates: the previous
+        version stays current.
+        """
+        version_id = version_id or new_version_id()
+        self.versions.mkdir(parents=True, exist_ok=True)
+        staging = self.versions / f".staging-{version_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        target = self.versions / version_id
+        if target.exists():
+            # Re-running a version id replaces it instead of duplicating it.
+            shutil.rmtree(target)
+        staging.rename(target)
+        self.set_current(version_id)
+        self.prune(keep)
+
+    def set_current(self, version_id: str) -> None:
+        """Point ``CURRENT`` at an existing version (also used to roll back)."""
+        if not (self.versions / version_id).is_dir():
+            raise FileNotFoundError(f"no version {version_id!r} under {self.versions}")
+        tmp = self.root / f".CURRENT.{uuid.uuid4().hex}"
+        tmp.write_text(version_id + "\n", encoding="utf-8")
+        os.replace(tmp, self.root / "CURRENT")
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete the oldest versions beyond ``keep``, never the current one; return what went."""
+        current = self.current_id()
+        removable = [v for v in self.list_versions() if v != current]
+        excess = len(removable) - max(keep - 1, 0)
+        removed = removable[: max(excess, 0)]
+        for version in removed:
+            shutil.rmtree(self.versions / version, ignore_errors=True)
+        return removed
