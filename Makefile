@@ -30,7 +30,7 @@ test-integration: setup
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 lock:  ## re-resolve requirements/lock.txt
 	scripts/lock.sh

@@ -9,7 +9,7 @@ record is either
   the defects table,
 
 always with the record number, the field, the rule and a readable message. Checks are vectorised
-so that millions of records validate in seconds.
+over columns (pandas/numpy); measured throughput is in ``docs/benchmarks/datasets_build.md``.
 """
 
 from __future__ import annotations

@@ -117,11 +117,12 @@ def _attributes(raw: RawRecords, mapping: CatalogMapping, checker: RecordChecker
     for name, column in mapping.attributes.items():
         values = raw.frame[column].map(_attribute_value)
         missing = (values == "").to_numpy()
+        texts = values.to_numpy(dtype=object)
         checker.defect(missing, f"attributes.{name}", "missing_value",
                        f"attribute {name} is empty; left out of the product's attributes",
                        values=raw.frame[column])
         for i in np.flatnonzero(~missing):
-            out[i][name] = values.iat[i]
+            out[i][name] = texts[i]
     return out
 
 
@@ -191,22 +192,30 @@ def _image_uris(frame: pd.DataFrame, mapping: CatalogMapping, checker: RecordChe
                        "the mapping names no image column or pattern")
         return [None] * n
 
-    present = set(os.listdir(images_dir)) if images_dir and Path(images_dir).is_dir() else set()
+    root = Path(images_dir).resolve() if images_dir else Path.cwd()
+    # One directory listing answers the common case (a bare file name) without a stat per row.
+    present = set(os.listdir(root)) if root.is_dir() else set()
     uris: list[str | None] = [None] * n
     absent = np.zeros(n, dtype=bool)
     not_found = np.zeros(n, dtype=bool)
-    for i, name in enumerate(names):
+    named = "image" in mapping.columns
+    for i, name in enumerate(names.tolist()):
         if not name:
             absent[i] = True
         elif _URI.match(name):
             uris[i] = name  # remote photo: checked when it is fetched, not here
-        elif "/" not in name and name in present:
-            uris[i] = str((Path(images_dir) / name).resolve())
+        elif "/" not in name:
+            if name in present:
+                uris[i] = f"{root}/{name}"
+            elif named:
+                not_found[i] = True
+            else:
+                absent[i] = True
         else:
-            path = Path(name) if Path(name).is_absolute() else Path(images_dir or ".") / name
+            path = Path(name) if Path(name).is_absolute() else root / name
             if path.is_file():
                 uris[i] = str(path.resolve())
-            elif "image" in mapping.columns:
+            elif named:
                 not_found[i] = True
             else:
                 absent[i] = True
