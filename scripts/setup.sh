@@ -2,6 +2,7 @@
 # Build the project's virtual environment (.venv) from nothing, or confirm it is up to date.
 #
 #   scripts/setup.sh            # idempotent: a second run takes about a second
+#   scripts/setup.sh --check    # exit 0 if up to date, 1 if a run would install something
 #   SKULENS_SETUP_FORCE=1 scripts/setup.sh   # rebuild the packages even if nothing changed
 #
 # Order matters (see ../shared/notes/STACK.md): torch==2.13.0 first (the local CPU wheel), then
@@ -42,10 +43,18 @@ inputs_hash() {
     | sha256sum | cut -d' ' -f1
 }
 
-ensure_java
+up_to_date() {
+  [ -z "${SKULENS_SETUP_FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] &&
+    "$VENV/bin/python" -c 'import skulens' >/dev/null 2>&1
+}
+
 WANT="$(inputs_hash)"
-if [ -z "${SKULENS_SETUP_FORCE:-}" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] &&
-   "$VENV/bin/python" -c 'import skulens' >/dev/null 2>&1; then
+if [ "${1:-}" = "--check" ]; then
+  if up_to_date && command -v java >/dev/null 2>&1; then log "environment up to date ($VENV)"; exit 0; fi
+  log "environment needs set-up ($VENV)"; exit 1
+fi
+ensure_java
+if up_to_date; then
   log "environment up to date ($VENV)"
   exit 0
 fi
