@@ -15,10 +15,10 @@ PYTEST_ARGS ?=
 setup:  ## build .venv from nothing (idempotent, seconds when up to date)
 	@scripts/setup.sh
 
-demo: setup  ## the main job: canonical tables from the bundled data, simulated events, summary
+demo: setup  ## the main job: canonical tables, simulated events, the catalog_ingest DAG, its summary
 	$(BIN)/skulens datasets build
 	$(BIN)/skulens datasets simulate-events --catalog homedepot
-	$(BIN)/skulens datasets summary
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline catalog-ingest
 
 test: setup  ## every test: unit, then integration (real components)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -30,7 +30,7 @@ test-integration: setup
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks dags spark_jobs
 
 lock:  ## re-resolve requirements/lock.txt
 	scripts/lock.sh

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from skulens import __version__
-from skulens.cli import datasets
+from skulens.cli import datasets, pipeline
 from skulens.cli.common import console, fail_on_errors, settings_from
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(pipeline.app, name="pipeline")
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

@@ -62,15 +62,35 @@ class VersionedDir:
         version stays current.
         """
         version_id = version_id or new_version_id()
-        self.versions.mkdir(parents=True, exist_ok=True)
-        staging = self.versions / f".staging-{version_id}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        staging = self.begin(version_id)
         try:
             yield staging
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            self.abort(version_id)
             raise
+        self.commit(version_id, keep=keep)
+
+    def staging_path(self, version_id: str) -> Path:
+        """Where a version is written before it is published."""
+        return self.versions / f".staging-{version_id}"
+
+    def begin(self, version_id: str) -> Path:
+        """Create an empty staging folder for ``version_id`` (replacing a stale one) and return it.
+
+        Use with :meth:`commit` or :meth:`abort` when writing and checking happen in separate
+        steps (a pipeline writes, a quality gate checks, then the version is published).
+        """
+        self.versions.mkdir(parents=True, exist_ok=True)
+        staging = self.staging_path(version_id)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        return staging
+
+    def commit(self, version_id: str, *, keep: int = 3) -> Path:
+        """Publish the staged ``version_id``: move it into ``versions/`` and point CURRENT at it."""
+        staging = self.staging_path(version_id)
+        if not staging.is_dir():
+            raise FileNotFoundError(f"nothing staged for version {version_id!r} under {self.versions}")
         target = self.versions / version_id
         if target.exists():
             # Re-running a version id replaces it instead of duplicating it.
@@ -78,6 +98,11 @@ class VersionedDir:
         staging.rename(target)
         self.set_current(version_id)
         self.prune(keep)
+        return target
+
+    def abort(self, version_id: str) -> None:
+        """Throw away the staged ``version_id``; CURRENT is untouched."""
+        shutil.rmtree(self.staging_path(version_id), ignore_errors=True)
 
     def set_current(self, version_id: str) -> None:
         """Point ``CURRENT`` at an existing version (also used to roll back)."""

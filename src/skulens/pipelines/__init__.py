@@ -1,0 +1,1 @@
+"""Pipeline stages as plain functions; the Airflow DAGs in ``dags/`` only wire them together."""

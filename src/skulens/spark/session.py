@@ -1,0 +1,40 @@
+"""Build a SparkSession from the configuration (``spark.master``: local[N] here, a cluster there)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from skulens.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def spark_session(settings: Settings, app_name: str | None = None,
+                  master: str | None = None) -> SparkSession:
+    """Get or create the SparkSession for a job; ``master`` overrides the configured one."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", _python()))
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.master(master or settings.spark.master)
+        .appName(app_name or settings.spark.app_name)
+        .config("spark.driver.memory", settings.spark.driver_memory)
+        .config("spark.sql.session.timeZone", "UTC")
+        # Parquet written by Spark keeps microsecond UTC timestamps like the canonical tables.
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    for key, value in settings.spark.conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable

@@ -1,0 +1,129 @@
+"""The catalog_ingest DAG end to end on the real bundled data, and its gates on broken input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from skulens.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, shared_datasets):
+    return tmp_path_factory.mktemp("ingest-home")
+
+
+@pytest.fixture
+def settings_at(home, monkeypatch):
+    monkeypatch.setenv("SKULENS_HOME", str(home))
+    return load_settings("local")
+
+
+def _dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.conftest import PROJECT_ROOT
+
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["catalog_ingest"]
+
+
+def test_gate_blocks_a_bad_prepared_catalogue(settings_at):
+    from skulens.pipelines import catalog_ingest as p
+    from skulens.quality import QualityGateError
+    from skulens.spark.prepare_catalog import prepared_store
+
+    store = prepared_store(settings_at, "fashion")
+    staging = store.begin("bad-run")
+    (staging / "catalog" / "category_top=Apparel").mkdir(parents=True)
+    pq.write_table(pa.table({
+        "product_id": ["1", "1", "2"], "title": ["a", "a", "b"], "title_norm": ["a", "a", ""],
+        "category_leaf": ["Shirts"] * 3, "price": [1.0, 1.0, -5.0], "image_uri": [None, None, "/nope.jpg"],
+        "photo_width": pa.array([None, None, 10], pa.int32()), "dup_group": ["1", "1", "2"],
+    }), staging / "catalog" / "category_top=Apparel" / "part-0.parquet")
+    with pytest.raises(QualityGateError) as err:
+        p.gate_prepared(settings_at, "bad-run")
+    message = str(err.value)
+    for rule in ("key_unique", "title_norm_not_empty", "price_non_negative", "photo_file_exists", "photo_min_size"):
+        assert rule in message
+    assert store.current_id() is None  # nothing became current
+    assert (settings_at.reports_dir / "gx_docs" / "index.html").is_file()
+    log = json.loads((settings_at.reports_dir / "catalog_ingest" / "runs" / "bad-run.json").read_text())
+    assert log["stages"]["gate_prepared"]["status"] == "failed"
+
+
+def test_dag_runs_end_to_end_on_bundled_data(settings_at, airflow_db):
+    from airflow.utils.state import DagRunState
+
+    from skulens.data.catalog import read_table
+    from skulens.data.loaders import build_homedepot
+    from skulens.data.simulate import SimulationConfig, simulate_events, write_events
+
+    # Click events for the marts: simulated (and labelled so) from the real judgments.
+    build_homedepot(settings_at)
+    config = SimulationConfig(users=500, days=7)
+    write_events(simulate_events(read_table(settings_at, "homedepot", "judgments"), config),
+                 settings_at.events_dir / "homedepot", config, source="test")
+
+    run = _dag().test()
+    latest = json.loads((settings_at.reports_dir / "catalog_ingest" / "latest.json").read_text())
+    assert run.state == DagRunState.SUCCESS, latest
+    assert latest["status"] == "success"
+    stages = latest["stages"]
+    fashion = stages["validate_raw"]["result"]["tables"]["fashion"]["products"]
+    assert fashion["rows_in"] == 42_874 and fashion["defects_by_rule"]["image_uri:image_missing"] == 34_863
+    prepared = stages["prepare_catalog"]["result"]
+    assert prepared["products"] == 42_874 and prepared["with_valid_photo"] == 8_011
+    assert prepared["duplicate_edges_by_kind"]["photo"] > 0
+    pairs = stages["build_pairs"]["result"]
+    assert set(pairs["image_text_by_split"]) == {"train", "val", "test"}
+    assert pairs["query_product_by_source"]["judgment"] > 40_000
+    assert len(pairs["shards"]) == 12
+    assert all(g["success"] for g in stages["gate_pairs"]["result"]["gx"])
+    assert stages["dbt_build"]["result"]["success"] and stages["dbt_build"]["result"]["counts"].get("pass", 0) > 20
+
+    with duckdb.connect(str(settings_at.dbt.duckdb_path), read_only=True) as con:
+        searches = con.execute("select sum(searches) from query_performance").fetchone()[0]
+        coverage = con.execute("select sum(products) from catalog_coverage where catalog = 'fashion'").fetchone()[0]
+    assert searches > 0 and coverage == 42_874
+
+
+def test_broken_input_stops_the_run_and_keeps_current_outputs(settings_at, airflow_db, shared_datasets, tmp_path):
+    from airflow.utils.state import DagRunState
+
+    from skulens.spark.build_pairs import pairs_store
+    from skulens.storage import VersionedDir
+
+    before = {
+        "tables": VersionedDir(settings_at.tables_dir / "fashion").current_id(),
+        "pairs": pairs_store(settings_at).current_id(),
+    }
+    broken = tmp_path / "fashion"
+    broken.mkdir()
+    os.symlink(shared_datasets / "fashion" / "images", broken / "images")
+    with (shared_datasets / "fashion" / "styles.csv").open(encoding="utf-8") as src, \
+            (broken / "styles.csv").open("w", encoding="utf-8", newline="") as dst:
+        rows = list(csv.reader(src))[:201]
+        writer = csv.writer(dst)
+        writer.writerows(rows)
+        for i in range(40):  # 40 of 240 records without an id: 16.7% rejected, over the 5% limit
+            writer.writerow(["", *rows[1 + i][1:]])
+
+    run = _dag().test(run_conf={"fashion_root": str(broken)})
+    assert run.state == DagRunState.FAILED
+    latest = json.loads((settings_at.reports_dir / "catalog_ingest" / "latest.json").read_text())
+    assert latest["status"] == "failed" and latest["failed_stage"] == "validate_raw"
+    assert "product_id:required" in latest["error"] and "not published" in latest["error"]
+    assert set(latest["not_run"]) >= {"prepare_catalog", "build_pairs", "dbt_build"}
+    assert VersionedDir(settings_at.tables_dir / "fashion").current_id() == before["tables"]
+    assert pairs_store(settings_at).current_id() == before["pairs"]
+    assert pd.read_parquet(settings_at.tables_dir / "fashion" / "versions" / before["tables"] / "products.parquet",
+                           columns=["product_id"]).shape[0] == 42_874

@@ -1,0 +1,67 @@
+"""Rules for every DAG file, as tests (import errors, tags, retries, light top-level imports)."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+DAG_FILES = sorted((PROJECT_ROOT / "dags").glob("*.py"))
+ALLOWED_TOP_LEVEL = {"__future__", "datetime", "airflow", "pendulum", "typing"}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+
+
+def test_there_are_dag_files():
+    assert DAG_FILES
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_without_errors(dagbag, path):
+    assert str(path) not in dagbag.import_errors, dagbag.import_errors.get(str(path))
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_no_heavy_imports_at_top_level(path):
+    """Heavy libraries (skulens' Spark, GX, dbt code, pandas, torch) are imported inside tasks."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            assert name.split(".")[0] in ALLOWED_TOP_LEVEL, f"{path.name}: top-level import of {name}"
+
+
+def test_dag_policies(dagbag):
+    assert dagbag.dags, "no DAGs found"
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags and "skulens" in dag.tags, f"{dag_id}: needs tags including 'skulens'"
+        assert dag.doc_md and len(dag.doc_md) > 100, f"{dag_id}: needs doc_md"
+        assert dag.default_args.get("retries", 0) >= 1, f"{dag_id}: default retries must be >= 1"
+        assert dag.max_active_runs == 1, f"{dag_id}: one run at a time (pipelines publish shared outputs)"
+        assert not dag.catchup
+
+
+def test_catalog_ingest_shape(dagbag):
+    dag = dagbag.dags["catalog_ingest"]
+    order = ["validate_raw", "prepare_catalog", "gate_prepared", "build_pairs", "gate_pairs", "dbt_build"]
+    for upstream, downstream in zip(order, order[1:], strict=False):
+        assert downstream in dag.get_task(upstream).downstream_task_ids
+    # Gates do not retry: bad data is not transient.
+    for task_id in ("validate_raw", "gate_prepared", "gate_pairs", "dbt_build", "report"):
+        assert dag.get_task(task_id).retries == 0
+    assert dag.get_task("prepare_catalog").retries == 2
+    assert dag.get_task("report").trigger_rule == "all_done"
+    outlets = {a.name for t in dag.tasks for a in t.outlets}
+    assert outlets == {"skulens_prepared_catalog", "skulens_training_pairs", "skulens_marts"}
