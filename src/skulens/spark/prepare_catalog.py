@@ -98,15 +98,24 @@ def _title_edges(catalog: DataFrame, options: PrepareOptions) -> DataFrame:
     from pyspark.ml.feature import HashingTF, MinHashLSH, RegexTokenizer
 
     # Only products without a photo: with photos, the photo decides (see the module docstring).
-    tokens = RegexTokenizer(inputCol="title_norm", outputCol="tokens", pattern=r"\s+").transform(
-        catalog.where(F.col("phash").isNull()).select("product_id", "title_norm", "category_leaf"))
+    photo_less = catalog.where(F.col("phash").isNull()).select("product_id", "title_norm", "category_leaf")
+    # Exact repeats first, by a cheap group-by: each joins its group's smallest id (a star, not a
+    # clique), and only one representative per distinct title goes into the LSH join. Without this,
+    # a title repeated n times makes n^2 candidate pairs in every hash table.
+    groups = photo_less.groupBy("category_leaf", "title_norm").agg(
+        F.min("product_id").alias("rep"), F.collect_list("product_id").alias("members"))
+    exact = (groups.select("rep", F.explode("members").alias("member")).where(F.col("rep") != F.col("member"))
+             .select(F.col("rep").alias("src"), F.col("member").alias("dst"), F.lit("title").alias("kind"),
+                     F.lit(1.0).alias("similarity")))
+    reps = groups.select(F.col("rep").alias("product_id"), "title_norm", "category_leaf")
+    tokens = RegexTokenizer(inputCol="title_norm", outputCol="tokens", pattern=r"\s+").transform(reps)
     vectors = HashingTF(inputCol="tokens", outputCol="features", binary=True, numFeatures=1 << 18).transform(tokens)
     # MinHash needs at least one non-zero entry per vector.
     vectors = vectors.where(F.size("tokens") > 0)
     model = MinHashLSH(inputCol="features", outputCol="hashes", numHashTables=options.lsh_tables,
                        seed=options.seed).fit(vectors)
     pairs = model.approxSimilarityJoin(vectors, vectors, 1.0 - options.title_similarity, distCol="distance")
-    return (
+    near = (
         pairs.where(
             (F.col("datasetA.product_id") < F.col("datasetB.product_id"))
             & (F.col("datasetA.category_leaf") == F.col("datasetB.category_leaf"))
@@ -114,6 +123,7 @@ def _title_edges(catalog: DataFrame, options: PrepareOptions) -> DataFrame:
         .select(F.col("datasetA.product_id").alias("src"), F.col("datasetB.product_id").alias("dst"),
                 F.lit("title").alias("kind"), (1.0 - F.col("distance")).alias("similarity"))
     )
+    return exact.unionByName(near)
 
 
 def _photo_edges(catalog: DataFrame, options: PrepareOptions) -> DataFrame:
