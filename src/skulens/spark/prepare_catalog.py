@@ -82,7 +82,9 @@ def prepare(spark: SparkSession, products: DataFrame, options: PrepareOptions) -
         .withColumn("image_uri", F.when(F.col("phash").isNotNull(), F.col("image_uri")))
     ).cache()
 
-    edges = _title_edges(catalog, options).unionByName(_photo_edges(catalog, options))
+    # Materialised once: the edges feed the duplicate groups and are written out, and the LSH join
+    # behind them is the most expensive step of the job.
+    edges = _title_edges(catalog, options).unionByName(_photo_edges(catalog, options)).localCheckpoint()
     nodes = catalog.select(F.col("product_id").alias("id"))
     groups = connected_components(nodes, edges.select("src", "dst"))
     catalog = (
