@@ -136,6 +136,7 @@ def main() -> None:
              "- input rows: products read by the job (`xN` = the real 42,874 fashion products replicated N times "
              "with new ids: a throughput test, and a worst case for deduplication)",
              "- seconds: the job itself, after the Spark session started; wall: the whole process",
+             "- how to read these figures, and the sizing for 42M pairs on a cluster: `spark_sizing.md`",
              "", "| job | input rows | seconds | rows/s | wall (s) | peak RSS, driver + JVM (MB) | notes |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
