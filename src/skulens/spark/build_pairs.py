@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -221,8 +222,6 @@ def run_build_pairs(spark: SparkSession, settings: Settings, run_id: str, *, pre
         "shards": sorted(str(p.relative_to(staging)) for p in (staging / "shards").glob("*/*.tar")),
         "path": str(staging),
     }
-    import shutil
-
     shutil.rmtree(staging / "_query_product_all", ignore_errors=True)
     (staging / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

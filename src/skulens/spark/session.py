@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from skulens.settings import Settings
@@ -15,7 +16,8 @@ def spark_session(settings: Settings, app_name: str | None = None,
                   master: str | None = None) -> SparkSession:
     """Get or create the SparkSession for a job; ``master`` overrides the configured one."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", _python()))
+    # Executors run Python UDFs (photo checks) with the same interpreter as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = (
@@ -33,8 +35,3 @@ def spark_session(settings: Settings, app_name: str | None = None,
     session.sparkContext.setLogLevel("ERROR")
     return session
 
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
