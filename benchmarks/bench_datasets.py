@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "benchmarks"
+from _report import machine_description, write_report
 
 STEP = """
 import json, resource, sys, time
@@ -107,12 +105,7 @@ def main() -> None:
         mapping = replicated_catalogue(Path(tmp), args.scale)
         results.append({"step": f"import fashion x{args.scale} (replicated rows, new ids)",
                         **run_step(home, "import", str(mapping))})
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        machine += f", {mem:.0f} GiB RAM, no GPU used"
-    except (ValueError, OSError):
-        pass
+    machine = machine_description()
     command = f".venv/bin/python benchmarks/bench_datasets.py --scale {args.scale}"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -126,11 +119,7 @@ def main() -> None:
                      f"{r['rows'] / r['seconds']:,.0f} | {r['peak_rss_mb']:,.0f} |")
     lines += ["", "Rows are input records (products, judgments, or events written). The replicated "
               "run measures throughput only; its rows are copies of the real ones with new ids."]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "datasets_build.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (OUT / "datasets_build.json").write_text(json.dumps(
-        {"command": command, "machine": machine, "date": when, "results": results}, indent=2) + "\n")
-    print("\n".join(lines))
+    write_report("datasets_build", lines, {"command": command, "machine": machine, "date": when, "results": results})
 
 
 if __name__ == "__main__":

@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "benchmarks"
+from _report import machine_description, write_report
 
 JOB = """
 import json, sys, time
@@ -127,7 +124,7 @@ def main() -> None:
                 label = f"{'prepare_catalog' if job == 'prepare' else 'build_pairs'} x{scale}"
                 print(f"running {label} ...", flush=True)
                 results.append({"job": label, "scale": scale, **run_job(env, job, name, args.master)})
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, no GPU"
+    machine = machine_description()
     command = f".venv/bin/python benchmarks/bench_spark_jobs.py --scales {' '.join(map(str, args.scales))} " \
               f"--master '{args.master}'"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -144,11 +141,7 @@ def main() -> None:
                  ("job", "scale", "rows", "seconds", "wall_seconds_with_startup", "peak_rss_mb")}
         lines.append(f"| {r['job']} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:,.0f} | "
                      f"{r['wall_seconds_with_startup']:.1f} | {r['peak_rss_mb']:,.0f} | {json.dumps(notes)} |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "spark_jobs.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (OUT / "spark_jobs.json").write_text(json.dumps(
-        {"command": command, "machine": machine, "date": when, "results": results}, indent=2) + "\n")
-    print("\n".join(lines))
+    write_report("spark_jobs", lines, {"command": command, "machine": machine, "date": when, "results": results})
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
+from skulens.data.events import ordered_within_session
 from skulens.quality.gate import GateResult, run_gate
 from skulens.settings import Settings
 
@@ -62,7 +63,6 @@ def gate_judgments(settings: Settings, judgments: Path, products: Path) -> GateR
 def gate_events(settings: Settings, events: Path, products: Path) -> GateResult:
     """``events`` on a folder of date-partitioned events (file order is the log order)."""
     frame = _read(events, ["event_id", "ts", "session_id", "product_id", "event_type", "position"])
-    previous = frame.groupby("session_id", sort=False)["ts"].shift()
-    frame["ts_ordered_in_session"] = previous.isna() | (frame["ts"] >= previous)
+    frame["ts_ordered_in_session"] = ordered_within_session(frame)
     frame["product_known"] = _product_known(frame, products)
     return run_gate(settings, "events", frame, dataset=f"events/{events.name}")

@@ -124,21 +124,18 @@ def query_product_pairs(judgments: DataFrame, events: DataFrame | None, options:
 
 def image_text_negatives(catalog: DataFrame, options: PairOptions) -> DataFrame:
     """Same leaf category, lexically similar title, another duplicate group; top-k per anchor."""
-    from pyspark.ml.feature import HashingTF, MinHashLSH, RegexTokenizer
     from pyspark.sql.window import Window
+
+    from skulens.spark.lsh import title_similarity_join
 
     products = catalog.where(F.col("image_uri").isNotNull() & F.col("is_canonical")) \
         .select("product_id", "dup_group", "title_norm", "category_leaf")
-    tokens = RegexTokenizer(inputCol="title_norm", outputCol="tokens", pattern=r"\s+").transform(products)
-    vectors = HashingTF(inputCol="tokens", outputCol="features", binary=True, numFeatures=1 << 18) \
-        .transform(tokens).where(F.size("tokens") > 0)
-    model = MinHashLSH(inputCol="features", outputCol="hashes", numHashTables=5, seed=options.seed).fit(vectors)
-    pairs = model.approxSimilarityJoin(vectors, vectors, 1.0 - options.negative_min_similarity, distCol="distance")
+    pairs = title_similarity_join(products, options.negative_min_similarity, tables=5, seed=options.seed)
     candidates = pairs.where(
         (F.col("datasetA.category_leaf") == F.col("datasetB.category_leaf"))
         & (F.col("datasetA.dup_group") != F.col("datasetB.dup_group"))
     ).select(F.col("datasetA.product_id").alias("anchor"), F.col("datasetB.product_id").alias("negative_product_id"),
-             (1.0 - F.col("distance")).alias("similarity"))
+             "similarity")
     rank = F.row_number().over(Window.partitionBy("anchor").orderBy(F.desc("similarity"), "negative_product_id"))
     return (candidates.withColumn("rank", rank).where(F.col("rank") <= options.negatives_per_anchor)
             .select(F.lit("image_text").alias("kind"), "anchor", "negative_product_id", "similarity", "rank"))

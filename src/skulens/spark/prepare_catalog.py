@@ -32,6 +32,7 @@ from pyspark.sql import functions as F
 
 from skulens.settings import Settings
 from skulens.spark.graph import connected_components
+from skulens.spark.lsh import title_similarity_join
 from skulens.spark.photos import PHOTO_SCHEMA, photo_checker
 from skulens.storage import VersionedDir
 
@@ -97,8 +98,6 @@ def prepare(spark: SparkSession, products: DataFrame, options: PrepareOptions) -
 
 
 def _title_edges(catalog: DataFrame, options: PrepareOptions) -> DataFrame:
-    from pyspark.ml.feature import HashingTF, MinHashLSH, RegexTokenizer
-
     # Only products without a photo: with photos, the photo decides (see the module docstring).
     photo_less = catalog.where(F.col("phash").isNull()).select("product_id", "title_norm", "category_leaf")
     # Exact repeats first, by a cheap group-by: each joins its group's smallest id (a star, not a
@@ -110,20 +109,14 @@ def _title_edges(catalog: DataFrame, options: PrepareOptions) -> DataFrame:
              .select(F.col("rep").alias("src"), F.col("member").alias("dst"), F.lit("title").alias("kind"),
                      F.lit(1.0).alias("similarity")))
     reps = groups.select(F.col("rep").alias("product_id"), "title_norm", "category_leaf")
-    tokens = RegexTokenizer(inputCol="title_norm", outputCol="tokens", pattern=r"\s+").transform(reps)
-    vectors = HashingTF(inputCol="tokens", outputCol="features", binary=True, numFeatures=1 << 18).transform(tokens)
-    # MinHash needs at least one non-zero entry per vector.
-    vectors = vectors.where(F.size("tokens") > 0)
-    model = MinHashLSH(inputCol="features", outputCol="hashes", numHashTables=options.lsh_tables,
-                       seed=options.seed).fit(vectors)
-    pairs = model.approxSimilarityJoin(vectors, vectors, 1.0 - options.title_similarity, distCol="distance")
+    pairs = title_similarity_join(reps, options.title_similarity, tables=options.lsh_tables, seed=options.seed)
     near = (
         pairs.where(
             (F.col("datasetA.product_id") < F.col("datasetB.product_id"))
             & (F.col("datasetA.category_leaf") == F.col("datasetB.category_leaf"))
         )
         .select(F.col("datasetA.product_id").alias("src"), F.col("datasetB.product_id").alias("dst"),
-                F.lit("title").alias("kind"), (1.0 - F.col("distance")).alias("similarity"))
+                F.lit("title").alias("kind"), "similarity")
     )
     return exact.unionByName(near)
 
