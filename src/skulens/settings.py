@@ -147,6 +147,27 @@ class StreamSettings(_Model):
 class MLflowSettings(_Model):
     tracking_uri: str
     artifact_location: str
+    experiment: str = "skulens"
+
+
+class GateRule(_Model):
+    """A promotion rule on one logged metric (higher is better)."""
+
+    metric: str
+    min: float = 0.0
+    max_drop: float = Field(0.0, ge=0)
+
+
+class ParitySettings(_Model):
+    min_cosine: float = Field(0.99, gt=0, le=1)
+    max_recall_drop: float = Field(0.005, ge=0)
+
+
+class ModelsSettings(_Model):
+    embedder: str = "skulens-embedder"
+    reranker: str = "skulens-reranker"
+    gate: dict[Literal["embedder", "reranker"], list[GateRule]] = Field(default_factory=dict)
+    parity: ParitySettings = Field(default_factory=ParitySettings)
 
 
 class AirflowSettings(_Model):
@@ -188,6 +209,7 @@ class Settings(_Model):
     spark: SparkSettings
     stream: StreamSettings
     mlflow: MLflowSettings
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
     airflow: AirflowSettings
     dbt: DbtSettings
 
@@ -325,6 +347,11 @@ def _interpolate_env(value: Any, env: Mapping[str, str], where: str) -> Any:
 
         return _ENV_REF.sub(substitute, value)
     return value
+
+
+def interpolate_env(value: Any, where: str, env: Mapping[str, str] | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in strings (nested dicts and lists too)."""
+    return _interpolate_env(value, dict(os.environ if env is None else env), where)
 
 
 def _format_home(value: Any, home: str) -> Any:

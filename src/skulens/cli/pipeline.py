@@ -25,6 +25,28 @@ def _airflow_env(settings) -> None:  # noqa: ANN001
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 
+def _run_dag(settings, dag_id: str, conf: dict, message: str) -> None:  # noqa: ANN001
+    """Run one DAG of ``dags/`` in this process with Airflow's ``dag.test()``."""
+    _airflow_env(settings)
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils import db
+
+    with console.status("initialising the Airflow metadata database ..."):
+        db.initdb()
+    bag = DagBag(dag_folder=str(settings.project_root / "dags"))
+    if bag.import_errors:
+        raise ValueError(f"DAG import errors: {bag.import_errors}")
+    console.print(message)
+    bag.dags[dag_id].test(run_conf=conf)
+
+
+def _load_summary(settings, pipeline_name: str) -> tuple[dict, Path]:  # noqa: ANN001
+    latest = settings.reports_dir / pipeline_name / "latest.json"
+    if not latest.is_file():
+        raise FileNotFoundError(f"the run wrote no summary ({latest})")
+    return json.loads(latest.read_text(encoding="utf-8")), latest
+
+
 @app.command("catalog-ingest")
 @fail_on_errors
 def catalog_ingest(
@@ -43,17 +65,7 @@ def catalog_ingest(
     conf = {"fashion_root": str(fashion_root.resolve()) if fashion_root else None,
             "homedepot_path": str(homedepot_path.resolve()) if homedepot_path else None}
     if airflow:
-        _airflow_env(settings)
-        from airflow.dag_processing.dagbag import DagBag
-        from airflow.utils import db
-
-        with console.status("initialising the Airflow metadata database ..."):
-            db.initdb()
-        bag = DagBag(dag_folder=str(settings.project_root / "dags"))
-        if bag.import_errors:
-            raise ValueError(f"DAG import errors: {bag.import_errors}")
-        with console.status("running catalog_ingest (Spark, Great Expectations, dbt) ..."):
-            bag.dags["catalog_ingest"].test(run_conf=conf)
+        _run_dag(settings, "catalog_ingest", conf, "running catalog_ingest (Spark, Great Expectations, dbt) ...")
     else:
         from skulens.pipelines.catalog_ingest import run_all
         from skulens.storage import new_version_id
@@ -62,10 +74,7 @@ def catalog_ingest(
             run_all(settings, f"local__{new_version_id()}", **conf)
         except RuntimeError:
             pass  # the summary below says what failed
-    latest = settings.reports_dir / "catalog_ingest" / "latest.json"
-    if not latest.is_file():
-        raise FileNotFoundError(f"the run wrote no summary ({latest})")
-    summary = json.loads(latest.read_text(encoding="utf-8"))
+    summary, latest = _load_summary(settings, "catalog_ingest")
     _print_summary(summary, latest)
     if summary["status"] != "success":
         raise typer.Exit(code=1)
@@ -97,4 +106,82 @@ def _print_summary(summary: dict, path: Path) -> None:
             err_console.print(f"    [red]{entry['error']}[/]", soft_wrap=True)
     if summary.get("not_run"):
         console.print(f"  not run: {', '.join(summary['not_run'])}")
+    console.print(f"summary: {path}")
+
+
+@app.command("train-and-export")
+@fail_on_errors
+def train_and_export(
+    airflow: Annotated[bool, typer.Option(
+        "--airflow/--no-airflow", help="Run through Airflow's dag.test() (default) or call the stages directly.")]
+    = True,
+    config: Annotated[str, typer.Option(help="Two-tower training config (configs/training/NAME.yaml).")] = "offline",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the config's epochs.")] = None,
+    max_train_products: Annotated[int | None, typer.Option(min=2, help="Train on a subset of products.")] = None,
+    reranker_config: Annotated[str, typer.Option(help="Reranker training config.")] = "reranker",
+    reranker_max_train_pairs: Annotated[int | None, typer.Option(min=1, help="Override reranker pairs.")] = None,
+) -> None:
+    """Train the embedder and the reranker, evaluate against baselines, register challengers in
+    MLflow, export ONNX + INT8 behind the parity gate, and promote through the evaluation gate.
+
+    The summary goes to SKULENS_HOME/reports/train_and_export/latest.json.
+    """
+    settings = settings_from()
+    conf = {"config": config, "epochs": epochs, "max_train_products": max_train_products,
+            "reranker_config": reranker_config, "reranker_max_train_pairs": reranker_max_train_pairs,
+            "parity_texts": 512, "parity_images": 256}
+    if airflow:
+        _run_dag(settings, "train_and_export", conf, "running train_and_export (open_clip, MLflow, ONNX Runtime) ...")
+    else:
+        from skulens.pipelines.train_and_export import TrainParams, run_all
+        from skulens.storage import new_version_id
+
+        try:
+            run_all(settings, f"local__{new_version_id()}", TrainParams(**conf))
+        except RuntimeError:
+            pass  # the summary below says what failed
+    summary, latest = _load_summary(settings, "train_and_export")
+    _print_train_summary(summary, latest)
+    if summary["status"] != "success":
+        raise typer.Exit(code=1)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _print_train_summary(summary: dict, path: Path) -> None:
+    ok = summary["status"] == "success"
+    colour = "green" if ok else "red"
+    console.print(f"\n[bold]train_and_export[/] run {summary['run_id']}: [{colour}]{summary['status']}[/]")
+    for name, entry in summary["stages"].items():
+        console.print(f"  {name:<18} {entry['status']:<8} {entry['seconds']:>7.1f} s", highlight=False)
+        if entry["status"] == "failed":
+            err_console.print(f"    [red]{entry['error']}[/]", soft_wrap=True)
+    info = summary.get("summary", {})
+    emb, rr = info.get("embedder", {}), info.get("reranker", {})
+    if emb.get("lift"):
+        console.print("\n[bold]Embedder, held-out test split[/] (fashion; attribute-derived queries):")
+        for row in emb["lift"]:
+            console.print(f"  {row['setting']:<58} {row['baseline']:<22} {_fmt(row['before'])} -> "
+                          f"{_fmt(row['after'])} ({'+' if (row['delta'] or 0) >= 0 else ''}{_fmt(row['delta'])})",
+                          highlight=False)
+    if emb.get("parity", {}).get("int8_served") is not None:
+        p = emb["parity"]
+        console.print(f"  INT8 parity: served {p['int8_served']}, recall@10 {p['recall@10']}"
+                      + (f", reasons: {p['reasons']}" if p.get("reasons") else ""), highlight=False)
+    if rr.get("test"):
+        console.print("[bold]Reranker, held-out Home Depot queries[/] (nDCG@10 over judged candidates):")
+        console.print("  " + ", ".join(f"{k} {_fmt(v['nDCG@10'])}" for k, v in rr["test"].items()), highlight=False)
+    if rr.get("parity", {}).get("int8_served") is not None:
+        p = rr["parity"]
+        console.print(f"  INT8 parity: served {p['int8_served']}, nDCG@10 {p['nDCG@10']}, score cosine "
+                      f"{_fmt(p['score_cosine'])}" + (f", reasons: {p['reasons']}" if p.get("reasons") else ""),
+                      highlight=False)
+    for part in (emb, rr):
+        gate, reg = part.get("gate") or {}, part.get("registered") or {}
+        if reg.get("version") is not None:
+            verdict = "promoted to champion" if gate.get("promoted") else f"refused: {gate.get('reasons')}"
+            console.print(f"  {reg['name']} v{reg['version']} (challenger): {verdict}; "
+                          f"champion is v{gate.get('champion_after')}", highlight=False)
     console.print(f"summary: {path}")

@@ -75,3 +75,9 @@ def finish(settings: Settings, pipeline: str, run_id: str, expected: list[str]) 
     _write_json(runs_dir(settings, pipeline) / f"{run_id}.json", log)
     _write_json(settings.reports_dir / pipeline / "latest.json", log)
     return log
+
+
+def write_latest(settings: Settings, pipeline: str, run_id: str, summary: dict[str, Any]) -> None:
+    """Replace the run's log and ``latest.json`` with an enriched ``summary``."""
+    _write_json(runs_dir(settings, pipeline) / f"{run_id}.json", summary)
+    _write_json(settings.reports_dir / pipeline / "latest.json", summary)

@@ -1,0 +1,62 @@
+"""Relevance metrics computed by ir-measures (pytrec_eval backend), not by hand.
+
+Qrels and runs are plain nested dicts: ``qrels[query_id][doc_id] = grade`` (int, 0 = not
+relevant) and ``run[query_id][doc_id] = score``. Measure names are ir-measures syntax:
+``nDCG@10``, ``R@10``, ``P@10``, ``RR`` (MRR when averaged), ``R(rel=2)@10`` for a grade threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Qrels = dict[str, dict[str, int]]
+Run = dict[str, dict[str, float]]
+
+
+def evaluate(qrels: Qrels, run: Run, measures: Sequence[str]) -> dict[str, float]:
+    """Mean of each measure over the queries of ``qrels`` (a query missing from ``run`` scores 0)."""
+    import ir_measures
+
+    parsed = [ir_measures.parse_measure(m) for m in measures]
+    judged = {q: docs for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
+    per_query: dict[str, dict[str, float]] = {m: {} for m in measures}
+    for metric in ir_measures.iter_calc(parsed, judged, {q: run.get(q, {}) for q in judged}):
+        per_query[str(metric.measure)][metric.query_id] = float(metric.value)
+    return {m: (sum(per_query[m].values()) / len(judged)) if judged else 0.0 for m in measures}
+
+
+def zero_useful_rate(qrels: Qrels, run: Run, k: int = 10, min_grade: int = 1) -> float:
+    """Share of judged queries with no document of grade >= ``min_grade`` in their top ``k``."""
+    judged = [q for q, docs in qrels.items() if any(g >= min_grade for g in docs.values())]
+    if not judged:
+        return 0.0
+    misses = 0
+    for q in judged:
+        top = sorted(run.get(q, {}).items(), key=lambda kv: -kv[1])[:k]
+        if not any(qrels[q].get(doc, 0) >= min_grade for doc, _ in top):
+            misses += 1
+    return misses / len(judged)
+
+
+def dense_run(query_ids: Sequence[str], queries: np.ndarray, doc_ids: Sequence[str], docs: np.ndarray,
+              k: int = 100, exclude: Sequence[str | None] | None = None, chunk: int = 1024) -> Run:
+    """Exact inner-product top-``k`` for every query (``exclude[i]``: a doc id to skip, e.g. itself)."""
+    doc_ids = list(doc_ids)
+    index = {d: i for i, d in enumerate(doc_ids)}
+    run: Run = {}
+    k_eff = min(k + 1, len(doc_ids))
+    for start in range(0, len(query_ids), chunk):
+        scores = queries[start:start + chunk] @ docs.T
+        if exclude is not None:
+            for row, skip in enumerate(exclude[start:start + chunk]):
+                if skip is not None and skip in index:
+                    scores[row, index[skip]] = -np.inf
+        top = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < len(doc_ids) \
+            else np.tile(np.arange(len(doc_ids)), (len(scores), 1))
+        for row, cols in enumerate(top):
+            qid = query_ids[start + row]
+            pairs = [(doc_ids[c], float(scores[row, c])) for c in cols if np.isfinite(scores[row, c])]
+            run[qid] = dict(sorted(pairs, key=lambda kv: -kv[1])[:k])
+    return run

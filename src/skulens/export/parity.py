@@ -1,0 +1,189 @@
+"""Export + INT8 + the parity gate, for the two-tower encoders and the reranker.
+
+The gate (thresholds in ``models.parity``): an INT8 artefact is served only if the cosine between
+its outputs and the fp32 outputs on held-out inputs is at least ``min_cosine`` (mean over inputs;
+the minimum is reported too) and the task metric drops by at most ``max_recall_drop``
+(title→own-photo recall@10 for the encoders; nDCG@10 over judged candidates for the reranker).
+Otherwise the INT8 file is kept for inspection, the decision names the failed check with its
+figures, and the fp32 ONNX artefact is served.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skulens.export.onnx_export import (
+    export_reranker,
+    export_two_tower,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+    run,
+    session,
+)
+from skulens.settings import ParitySettings
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def _latency_ms(sess, feeds: dict[str, np.ndarray], repeats: int = 5) -> float:  # noqa: ANN001
+    sess.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def _recall_at_10(text: np.ndarray, image: np.ndarray) -> float:
+    """Title i → photo i among the photos (each query has exactly one relevant photo)."""
+    scores = text @ image.T
+    own = np.diag(scores)
+    rank = (scores > own[:, None]).sum(1)
+    return float((rank < 10).mean())
+
+
+def _choose(name: str, fp32_out: np.ndarray, candidates: dict[str, Path], feeds: dict[str, np.ndarray],
+            parity: ParitySettings, threads: int | None) -> dict[str, Any]:
+    """Score every INT8 candidate of one tower; pick the fastest that passes the cosine check."""
+    fp32_sess = session(Path(candidates.pop("fp32")), threads)
+    report: dict[str, Any] = {"fp32_latency_ms": _latency_ms(fp32_sess, {k: v[:8] for k, v in feeds.items()}),
+                              "candidates": {}}
+    for method, path in candidates.items():
+        try:
+            sess = session(path, threads)
+            out = run(sess, **feeds)
+        except Exception as exc:  # noqa: BLE001 - a quantizer/runtime failure rejects that candidate
+            report["candidates"][method] = {"path": str(path), "passed": False, "reason": f"failed to run: {exc}"}
+            continue
+        cos = _cosines(fp32_out, out)
+        passed = float(cos.mean()) >= parity.min_cosine
+        report["candidates"][method] = {
+            "path": str(path), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "latency_ms_batch8": _latency_ms(sess, {k: v[:8] for k, v in feeds.items()}), "passed": passed,
+            "reason": None if passed else f"{name}: mean cosine {cos.mean():.4f} < {parity.min_cosine}",
+            "outputs": out,
+        }
+    for cand in report["candidates"].values():  # INT8 exists to be faster: a slower one is not served
+        if cand["passed"] and cand["latency_ms_batch8"] >= report["fp32_latency_ms"]:
+            cand["passed"], cand["reason"] = False, (f"{name}: int8 {cand['latency_ms_batch8']:.2f} ms is not faster "
+                                                     f"than fp32 {report['fp32_latency_ms']:.2f} ms (batch 8)")
+    passing = {m: c for m, c in report["candidates"].items() if c["passed"]}
+    report["chosen"] = min(passing, key=lambda m: passing[m]["latency_ms_batch8"]) if passing else None
+    return report
+
+
+def export_embedder(bundle: Path, out_dir: Path, *, texts: list[str], images: list, calibration_images: list,
+                    parity: ParitySettings, cache_dir: Path, threads: int | None = None) -> dict[str, Any]:
+    """Export both towers, quantize, gate; write ``export.json``; return the decision.
+
+    ``texts[i]`` and ``images[i]`` must describe the same held-out product (recall check).
+    """
+    from skulens.models.two_tower import TwoTower
+
+    started = time.perf_counter()
+    tower = TwoTower.load(bundle, cache_dir=cache_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = export_two_tower(tower, out_dir)
+    tokens = tower.tokenize(texts).cpu().numpy()
+    pixels = np.stack([tower.load_image(i).numpy() for i in images]).astype(np.float32)
+    calib = np.stack([tower.load_image(i).numpy() for i in calibration_images]).astype(np.float32)
+    ref_text = run(session(fp32["text"], threads), input_ids=tokens)
+    ref_image = run(session(fp32["image"], threads), pixels=pixels)
+    torch_text = tower.encode_texts(texts)
+    export_diff = float(max(np.abs(ref_text - torch_text).max(),
+                            np.abs(ref_image - tower.encode_images(images)).max()))
+
+    text = _choose("text tower", ref_text, {
+        "fp32": fp32["text"], "dynamic": quantize_dynamic_int8(fp32["text"], out_dir / "text.int8-dynamic.onnx")},
+        {"input_ids": tokens}, parity, threads)
+    image_candidates = {"fp32": fp32["image"]}
+    batches = [calib[i:i + 16] for i in range(0, len(calib), 16)]
+    image_candidates["static_qdq"] = quantize_static_int8(fp32["image"], out_dir / "image.int8-static.onnx",
+                                                          "pixels", batches)
+    image_candidates["dynamic"] = quantize_dynamic_int8(fp32["image"], out_dir / "image.int8-dynamic.onnx")
+    image = _choose("image tower", ref_image, image_candidates, {"pixels": pixels}, parity, threads)
+
+    n = min(len(texts), len(images))
+    recall_fp32 = _recall_at_10(ref_text[:n], ref_image[:n])
+    served_text = text["candidates"][text["chosen"]]["outputs"] if text["chosen"] else ref_text
+    served_image = image["candidates"][image["chosen"]]["outputs"] if image["chosen"] else ref_image
+    recall_int8 = _recall_at_10(served_text[:n], served_image[:n])
+    reasons = [c["reason"] for t in (text, image) for c in t["candidates"].values() if not c["passed"]]
+    use_int8 = bool(text["chosen"] or image["chosen"])
+    if use_int8 and recall_fp32 - recall_int8 > parity.max_recall_drop:
+        reasons.append(f"recall@10 drops {recall_fp32 - recall_int8:.4f} (fp32 {recall_fp32:.4f}, int8 "
+                       f"{recall_int8:.4f}) > {parity.max_recall_drop}")
+        text["chosen"] = image["chosen"] = None
+    served = {
+        "text": str(text["candidates"][text["chosen"]]["path"]) if text["chosen"] else str(fp32["text"]),
+        "image": str(image["candidates"][image["chosen"]]["path"]) if image["chosen"] else str(fp32["image"]),
+    }
+    for tower_report in (text, image):
+        for cand in tower_report["candidates"].values():
+            cand.pop("outputs", None)
+    decision = {
+        "kind": "embedder", "bundle": str(bundle), "fp32": {k: str(v) for k, v in fp32.items()},
+        "onnx_vs_torch_max_abs_diff": export_diff, "parity_inputs": {"texts": len(texts), "images": len(images)},
+        "thresholds": parity.model_dump(), "text": text, "image": image,
+        "recall@10": {"fp32": recall_fp32,
+                      "served": recall_int8 if (text["chosen"] or image["chosen"]) else recall_fp32},
+        "int8_served": {"text": text["chosen"] is not None, "image": image["chosen"] is not None},
+        "served": served, "reasons": [r for r in reasons if r], "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out_dir / "export.json").write_text(json.dumps(decision, indent=2), encoding="utf-8")
+    return decision
+
+
+def export_reranker_gated(model_dir: Path, out_dir: Path, *, groups: dict[str, list], parity: ParitySettings,
+                          max_length: int = 64, threads: int | None = None) -> dict[str, Any]:
+    """Export the cross-encoder, quantize it (dynamic INT8), gate on scores and nDCG@10."""
+    from transformers import AutoTokenizer
+
+    from skulens.training.reranker import evaluate_rankers
+
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32_path = export_reranker(model_dir, out_dir)
+    int8_path = quantize_dynamic_int8(fp32_path, out_dir / "reranker.int8-dynamic.onnx")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+
+    def scorer(path: Path):  # noqa: ANN202
+        sess = session(path, threads)
+
+        def score(query: str, titles: list[str]) -> np.ndarray:
+            enc = tokenizer([query] * len(titles), titles, truncation=True, max_length=max_length, padding=True,
+                            return_tensors="np")
+            return run(sess, **{k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+
+        return score
+
+    fp32_score, int8_score = scorer(fp32_path), scorer(int8_path)
+    a = np.concatenate([fp32_score(q, [t for _, t, _ in c]) for q, c in groups.items()])
+    b = np.concatenate([int8_score(q, [t for _, t, _ in c]) for q, c in groups.items()])
+    cosine = float(_cosines(a[None, :], b[None, :])[0])
+    metrics = evaluate_rankers(groups, {"fp32": fp32_score, "int8": int8_score})
+    drop = metrics["fp32"]["nDCG@10"] - metrics["int8"]["nDCG@10"]
+    reasons = []
+    if cosine < parity.min_cosine:
+        reasons.append(f"reranker: score cosine {cosine:.4f} < {parity.min_cosine}")
+    if drop > parity.max_recall_drop:
+        reasons.append(f"reranker: nDCG@10 drops {drop:.4f} > {parity.max_recall_drop}")
+    decision = {
+        "kind": "reranker", "model_dir": str(model_dir), "fp32": str(fp32_path), "int8": str(int8_path),
+        "thresholds": parity.model_dump(), "score_cosine": cosine, "score_corr": float(np.corrcoef(a, b)[0, 1]),
+        "nDCG@10": {"fp32": metrics["fp32"]["nDCG@10"], "int8": metrics["int8"]["nDCG@10"]},
+        "queries": len(groups), "int8_served": not reasons, "served": str(int8_path if not reasons else fp32_path),
+        "reasons": reasons, "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out_dir / "export.json").write_text(json.dumps(decision, indent=2), encoding="utf-8")
+    return decision

@@ -1,0 +1,270 @@
+"""The stages of the ``train_and_export`` pipeline (the DAG of the same name wires them).
+
+Embedder: train_embedder -> evaluate_embedder -> register_embedder (challenger) -> export_embedder
+(ONNX + INT8 + parity) -> gate_embedder (champion or refused). Reranker: the same five stages.
+``report`` writes ``SKULENS_HOME/reports/train_and_export/latest.json`` with the before/after
+metrics, parity figures, gate decisions and registered versions, also when a stage failed.
+
+Stages hand results to each other through the run log (:mod:`skulens.pipelines.runlog`), so any
+stage can be re-run alone for the same run id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from skulens.pipelines.runlog import finish, read_log, stage, write_latest
+from skulens.settings import Settings
+
+PIPELINE = "train_and_export"
+EMBEDDER_STAGES = ["train_embedder", "evaluate_embedder", "register_embedder", "export_embedder", "gate_embedder"]
+RERANKER_STAGES = ["train_reranker", "evaluate_reranker", "register_reranker", "export_reranker", "gate_reranker"]
+STAGES = EMBEDDER_STAGES + RERANKER_STAGES
+
+
+@dataclass
+class TrainParams:
+    """What a run trains (DAG params / CLI options)."""
+
+    config: str = "offline"
+    epochs: int | None = None
+    max_train_products: int | None = None
+    reranker_config: str = "reranker"
+    reranker_max_train_pairs: int | None = None
+    parity_texts: int = 512
+    parity_images: int = 256
+
+
+def _previous(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
+    entry = read_log(settings, PIPELINE, run_id)["stages"].get(name)
+    if not entry or entry.get("status") != "success":
+        raise RuntimeError(f"stage {name} of run {run_id} has not succeeded; run it first")
+    return entry["result"]
+
+
+def _pairs_dir(settings: Settings) -> Path:
+    from skulens.spark.build_pairs import pairs_store
+
+    current = pairs_store(settings).current()
+    if current is None:
+        raise FileNotFoundError("no published training pairs; run the catalog_ingest pipeline first")
+    return current
+
+
+def _two_tower_config(settings: Settings, params: TrainParams):  # noqa: ANN202
+    from skulens.training.config import load_train_config
+
+    return load_train_config(params.config, settings, {"epochs": params.epochs,
+                                                       "max_train_products": params.max_train_products})
+
+
+def _reranker_config(settings: Settings, params: TrainParams):  # noqa: ANN202
+    from skulens.training.reranker import load_reranker_config
+
+    return load_reranker_config(params.reranker_config, settings,
+                                {"max_train_pairs": params.reranker_max_train_pairs})
+
+
+def _run_dir(settings: Settings, kind: str, run_id: str) -> Path:
+    return settings.home / "training" / kind / run_id
+
+
+# -- embedder --------------------------------------------------------------------------------
+def train_embedder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.training.two_tower import train_two_tower
+
+    with stage(settings, PIPELINE, run_id, "train_embedder") as out:
+        cfg = _two_tower_config(settings, params)
+        pairs = _pairs_dir(settings)
+        out.update(train_two_tower(settings, cfg, pairs_dir=pairs, run_id=run_id,
+                                   out_dir=_run_dir(settings, "embedder", run_id)))
+        out["params"] = asdict(params)
+        return out
+
+
+def evaluate_embedder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.training.two_tower import evaluate_two_tower
+
+    with stage(settings, PIPELINE, run_id, "evaluate_embedder") as out:
+        trained = _previous(settings, run_id, "train_embedder")
+        out.update(evaluate_two_tower(settings, _two_tower_config(settings, params), bundle=Path(trained["bundle"]),
+                                      pairs_dir=Path(trained["data"]["pairs_dir"])))
+        return out
+
+
+def _final_metrics(test: dict[str, dict[str, float]], prefixes: dict[str, str]) -> dict[str, float]:
+    return {f"{prefix}{metric}": value for group, prefix in prefixes.items()
+            for metric, value in test.get(group, {}).items() if isinstance(value, (int, float))}
+
+
+def register_embedder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.tracking.registry import log_and_register, model_card
+
+    with stage(settings, PIPELINE, run_id, "register_embedder") as out:
+        trained = _previous(settings, run_id, "train_embedder")
+        evaluated = _previous(settings, run_id, "evaluate_embedder")
+        metrics = _final_metrics(evaluated["test"], {"trained": "test_", "untrained_projections": "baseline_untrained_",
+                                                     "text_only_minilm": "baseline_minilm_"})
+        card = model_card(
+            f"skulens-embedder ({trained['model']}, run {run_id})",
+            data={**trained["data"], **evaluated["data"]},
+            metrics={k: v for k, v in metrics.items() if not k.endswith("fusion_weight")},
+            config=trained["config"],
+            notes=("Fashion metrics use attribute-derived queries, not real shopper queries.",
+                   f"Best validation epoch {trained['best_epoch']}; fusion weights {evaluated['fusion_weights']}."))
+        out.update(log_and_register(
+            settings, kind="embedder", run_name=f"embedder-{run_id}", params=trained["config"],
+            history=trained["history"], final_metrics=metrics, artifacts={"bundle": trained["bundle"]}, card=card,
+            tags={"skulens.pipeline_run": run_id, "skulens.config_digest": trained["config_digest"]}))
+        return out
+
+
+def export_embedder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.data.catalog import read_table
+    from skulens.export.parity import export_embedder as export
+    from skulens.tracking.registry import attach_export
+    from skulens.training.data import load_split
+
+    with stage(settings, PIPELINE, run_id, "export_embedder") as out:
+        trained = _previous(settings, run_id, "train_embedder")
+        registered = _previous(settings, run_id, "register_embedder")
+        cfg = _two_tower_config(settings, params)
+        pairs, products = Path(trained["data"]["pairs_dir"]), read_table(settings, "fashion", "products")
+        test = load_split(pairs, products, "test", cfg.data_source).subset(params.parity_texts, cfg.seed + 2)
+        calib = load_split(pairs, products, "train", cfg.data_source).subset(64, cfg.seed + 3)
+        n = min(len(test), params.parity_images)
+        decision = export(Path(trained["bundle"]), _run_dir(settings, "embedder", run_id) / "onnx",
+                          texts=test.titles[:n], images=test.images[:n], calibration_images=calib.images,
+                          parity=settings.models.parity, cache_dir=settings.home / "cache" / "models")
+        attach_export(settings, "embedder", registered["version"], decision)
+        out.update(decision)
+        return out
+
+
+def _gate(settings: Settings, run_id: str, kind: str) -> dict[str, Any]:
+    from skulens.tracking.registry import promote_if_better
+
+    with stage(settings, PIPELINE, run_id, f"gate_{kind}") as out:
+        registered = _previous(settings, run_id, f"register_{kind}")
+        out.update(promote_if_better(settings, kind, registered["version"]).to_dict())
+        return out
+
+
+def gate_embedder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    return _gate(settings, run_id, "embedder")
+
+
+# -- reranker --------------------------------------------------------------------------------
+def train_reranker(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.training.reranker import train_reranker as train
+
+    with stage(settings, PIPELINE, run_id, "train_reranker") as out:
+        pairs = _pairs_dir(settings)
+        out.update(train(settings, _reranker_config(settings, params), pairs_dir=pairs, run_id=run_id,
+                         out_dir=_run_dir(settings, "reranker", run_id)))
+        out["pairs_dir"] = str(pairs)
+        return out
+
+
+def evaluate_reranker(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.training.reranker import evaluate_reranker as evaluate
+
+    with stage(settings, PIPELINE, run_id, "evaluate_reranker") as out:
+        trained = _previous(settings, run_id, "train_reranker")
+        out.update(evaluate(settings, _reranker_config(settings, params), model_dir=Path(trained["model_dir"]),
+                            pairs_dir=Path(trained["pairs_dir"])))
+        return out
+
+
+def register_reranker(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.tracking.registry import log_and_register, model_card
+
+    with stage(settings, PIPELINE, run_id, "register_reranker") as out:
+        trained = _previous(settings, run_id, "train_reranker")
+        evaluated = _previous(settings, run_id, "evaluate_reranker")
+        metrics = _final_metrics(evaluated["test"], {"cross_encoder": "test_cross_encoder_", "bm25": "baseline_bm25_",
+                                                     "bi_encoder_minilm": "baseline_bi_encoder_"})
+        card = model_card(f"skulens-reranker (cross-encoder from MiniLM-L6, run {run_id})",
+                          data={**trained["data"], **evaluated["data"]}, metrics=metrics, config=trained["config"],
+                          notes=("Scored over each held-out query's judged candidates (rerank setting).",))
+        out.update(log_and_register(
+            settings, kind="reranker", run_name=f"reranker-{run_id}", params=trained["config"],
+            history=trained["history"], final_metrics=metrics, artifacts={"model": trained["model_dir"]}, card=card,
+            tags={"skulens.pipeline_run": run_id}))
+        return out
+
+
+def export_reranker(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.export.parity import export_reranker_gated
+    from skulens.tracking.registry import attach_export
+    from skulens.training.reranker import test_groups
+
+    with stage(settings, PIPELINE, run_id, "export_reranker") as out:
+        trained = _previous(settings, run_id, "train_reranker")
+        registered = _previous(settings, run_id, "register_reranker")
+        cfg = _reranker_config(settings, params)
+        groups = test_groups(settings, cfg, Path(trained["pairs_dir"]))
+        decision = export_reranker_gated(Path(trained["model_dir"]), _run_dir(settings, "reranker", run_id) / "onnx",
+                                         groups=groups, parity=settings.models.parity, max_length=cfg.max_length)
+        attach_export(settings, "reranker", registered["version"], decision)
+        out.update(decision)
+        return out
+
+
+def gate_reranker(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    return _gate(settings, run_id, "reranker")
+
+
+# -- whole run -------------------------------------------------------------------------------
+def _summarise(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Write ``latest.json`` (before/after, parity, gates, versions) and return it."""
+    summary = finish(settings, PIPELINE, run_id, STAGES)
+    stages = summary["stages"]
+
+    def result(name: str) -> dict[str, Any]:
+        return stages.get(name, {}).get("result", {}) or {}
+
+    summary["summary"] = {
+        "embedder": {
+            "lift": result("evaluate_embedder").get("lift"),
+            "parity": {k: result("export_embedder").get(k) for k in ("int8_served", "recall@10", "reasons", "served")},
+            "registered": {k: result("register_embedder").get(k) for k in ("name", "version")},
+            "gate": {k: result("gate_embedder").get(k) for k in ("promoted", "reasons", "champion_after")},
+        },
+        "reranker": {
+            "test": result("evaluate_reranker").get("test"),
+            "parity": {k: result("export_reranker").get(k) for k in ("int8_served", "nDCG@10", "score_cosine",
+                                                                     "reasons", "served")},
+            "registered": {k: result("register_reranker").get(k) for k in ("name", "version")},
+            "gate": {k: result("gate_reranker").get(k) for k in ("promoted", "reasons", "champion_after")},
+        },
+    }
+    write_latest(settings, PIPELINE, run_id, summary)
+    return summary
+
+
+def _check(summary: dict[str, Any], run_id: str) -> dict[str, Any]:
+    if summary["status"] != "success":
+        raise RuntimeError(f"train_and_export run {run_id} failed at {summary['failed_stage'] or summary['not_run']}: "
+                           f"{summary['error']}")
+    return summary
+
+
+def report(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Write ``latest.json``; raise if a stage failed or did not run."""
+    return _check(_summarise(settings, run_id), run_id)
+
+
+def run_all(settings: Settings, run_id: str, params: TrainParams | None = None) -> dict[str, Any]:
+    """Run every stage in order in this process (what the DAG does, without Airflow)."""
+    params = params or TrainParams()
+    steps = [train_embedder, evaluate_embedder, register_embedder, export_embedder, gate_embedder,
+             train_reranker, evaluate_reranker, register_reranker, export_reranker, gate_reranker]
+    try:
+        for step in steps:
+            step(settings, run_id, params)
+    finally:
+        summary = _summarise(settings, run_id)
+    return _check(summary, run_id)

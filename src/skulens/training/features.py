@@ -1,0 +1,110 @@
+"""Frozen-trunk features, computed once and cached, so LiT-style training on CPU only runs the heads.
+
+For a model with separable towers (timm image trunk, HF text transformer), the image trunk's
+pooled features and the text transformer's mean-pooled features of every text view do not change
+while the trunks are locked. They are computed in batches with a progress bar and cached under
+``<cache_dir>/<model>/<split>-<digest>.npz``, keyed by the product ids and texts, so a second
+training run (or a resumed one) skips the expensive part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from skulens.models.two_tower import TwoTower
+from skulens.training.data import ProductSet
+
+TEXT_VIEWS = ("titles", "degraded_titles", "attribute_texts")
+
+
+@dataclass
+class TrunkFeatures:
+    """Trunk outputs of one split: ``images`` (N, Fi) and one (N, Ft) array per text view."""
+
+    images: np.ndarray
+    titles: np.ndarray
+    degraded_titles: np.ndarray
+    attribute_texts: np.ndarray
+
+
+def _tqdm(total: int, desc: str):  # noqa: ANN202
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", disable=os.environ.get("SKULENS_PROGRESS") == "0")
+
+
+def image_trunk_features(model: TwoTower, images: Sequence[str | bytes], batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    out = []
+    model.model.visual.trunk.eval()
+    with torch.inference_mode(), _tqdm(len(images), "image trunk features") as bar:
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([model.load_image(i) for i in images[start:start + batch_size]]).to(model.device)
+            out.append(model.image_trunk(batch).float().cpu().numpy())
+            bar.update(len(batch))
+    return np.concatenate(out).astype(np.float32)
+
+
+def text_trunk_features(model: TwoTower, texts: Sequence[str], batch_size: int = 256, desc: str = "text") -> np.ndarray:
+    """Mean-pooled features; texts are batched by length and padded to the longest of their batch
+    (the masked mean ignores padding, and titles are far shorter than the context length)."""
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), 0), np.float32)
+    model.model.text.transformer.eval()
+    with torch.inference_mode(), _tqdm(len(texts), f"text trunk features ({desc})") as bar:
+        for start in range(0, len(texts), batch_size):
+            rows = order[start:start + batch_size]
+            feats = model.text_trunk(model.tokenize_padded([texts[i] for i in rows])).float().cpu().numpy()
+            if out.shape[1] == 0:
+                out = np.zeros((len(texts), feats.shape[1]), np.float32)
+            out[rows] = feats
+            bar.update(len(rows))
+    return out
+
+
+def _digest(model: TwoTower, *parts: object) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(model.spec.model_dump(mode="json"), sort_keys=True).encode())
+    for part in parts:
+        h.update(json.dumps(part, default=lambda b: hashlib.sha256(b).hexdigest()).encode())
+    return h.hexdigest()[:16]
+
+
+def _cached(path: Path | None, compute) -> np.ndarray:  # noqa: ANN001
+    if path is not None and path.is_file():
+        return np.load(path)
+    value = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npy")
+        np.save(tmp, value)
+        os.replace(tmp, path)
+    return value
+
+
+def split_features(model: TwoTower, products: ProductSet, cache_dir: Path | None) -> TrunkFeatures:
+    """Trunk features of every product of ``products``; each array is cached on its own under
+    ``cache_dir`` (keyed by the model spec and the exact inputs), so an interrupted run keeps what
+    it finished and a changed title only recomputes that view."""
+    folder = None if cache_dir is None else cache_dir / model.spec.name
+
+    def path(kind: str, *parts: object) -> Path | None:
+        return None if folder is None else folder / f"{products.split}-{kind}-{_digest(model, *parts)}.npy"
+
+    images = _cached(path("images", products.product_ids, products.images),
+                     lambda: image_trunk_features(model, products.images))
+    texts = {view: _cached(path(view, getattr(products, view)),
+                           lambda view=view: text_trunk_features(model, getattr(products, view), desc=view))
+             for view in TEXT_VIEWS}
+    return TrunkFeatures(images=images, **texts)

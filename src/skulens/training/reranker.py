@@ -1,0 +1,274 @@
+"""Cross-encoder reranker: packaged MiniLM-L6 + a scoring head, fine-tuned on Home Depot judgments.
+
+Training pairs are the data layer's ``query_product`` pairs with ``source = judgment`` (split by
+query, no product of a held-out query in training). The target is the grade scaled to [0, 1]
+(``(grade - 1) / 2`` for the 1-3 scale) under a binary cross-entropy loss. Evaluation reranks each
+held-out query's judged candidates and scores nDCG@10 (ir-measures) against two baselines on the
+same candidates: BM25 (bm25s over every product title of the catalogue) and the bi-encoder
+(cosine of packaged MiniLM sentence embeddings). Graded qrels: ``round((grade - 1) * 3)``, 0-6.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from skulens.data.catalog import read_table
+from skulens.settings import ConfigError, Settings
+
+
+class RerankerTrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "custom"
+    base: str = "@packaged:all-minilm-l6-v2"
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(64, ge=8, le=512)
+    max_train_pairs: int | None = Field(None, ge=1)
+    max_eval_queries: int | None = Field(None, ge=1)
+    seed: int = 13
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def load_reranker_config(name_or_path: str, settings: Settings, overrides: dict[str, Any] | None = None
+                         ) -> RerankerTrainConfig:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = settings.project_root / "configs" / "training" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"reranker config {name_or_path!r} not found ({path})")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw.setdefault("name", path.stem)
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return RerankerTrainConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid reranker config: {exc}") from exc
+
+
+def judged_pairs(pairs_dir: Path, titles: dict[str, str], split: str) -> list[tuple[str, str, str, float]]:
+    """(query, product_id, title, grade) of the judgment pairs of ``split``."""
+    import pyarrow.dataset as ds
+
+    source = pairs_dir / "query_product"
+    if not source.is_dir():
+        raise FileNotFoundError(f"no query-product pairs at {source}; run the catalog_ingest pipeline first")
+    table = ds.dataset(source, partitioning="hive").to_table(
+        filter=(ds.field("split") == split) & (ds.field("source") == "judgment"),
+        columns=["query", "product_id", "grade"])
+    rows = zip(*(table.column(c).to_pylist() for c in ("query", "product_id", "grade")), strict=True)
+    return sorted((q, p, titles[p], float(g)) for q, p, g in rows if p in titles and g is not None)
+
+
+def grade_to_rel(grade: float) -> int:
+    return max(0, round((grade - 1.0) * 3))
+
+
+class CrossEncoderReranker:
+    """Scores (query, title) pairs with a fine-tuned cross-encoder folder (HF format)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", max_length: int = 64) -> None:
+        from skulens.compat import ensure_torchvision_ops
+
+        ensure_torchvision_ops()
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path = str(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, num_labels=1).to(device).eval()
+        self.device, self.max_length = device, max_length
+
+    def score(self, query: str | list[str], titles: list[str], batch_size: int = 64) -> np.ndarray:
+        """One relevance logit per title (higher is more relevant); ``query`` may be one per title."""
+        import torch
+
+        queries = [query] * len(titles) if isinstance(query, str) else query
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(titles), batch_size):
+                enc = self.tokenizer(queries[s:s + batch_size], titles[s:s + batch_size], truncation=True,
+                                     max_length=self.max_length, padding=True, return_tensors="pt").to(self.device)
+                out.append(self.model(**enc).logits.squeeze(-1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _grouped(pairs: list[tuple[str, str, str, float]], limit: int | None, seed: int) -> dict[str, list]:
+    by_query: dict[str, list] = {}
+    for q, p, t, g in pairs:
+        by_query.setdefault(q, []).append((p, t, g))
+    keys = sorted(by_query)
+    if limit is not None and len(keys) > limit:
+        keys = sorted(random.Random(seed).sample(keys, limit))
+    return {k: by_query[k] for k in keys}
+
+
+def evaluate_rankers(groups: dict[str, list], scorers: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """nDCG@10 / MRR / zero-useful rate of each scorer over each query's judged candidates."""
+    from skulens.evaluation import evaluate, zero_useful_rate
+
+    qrels = {q: {p: grade_to_rel(g) for p, _, g in cands} for q, cands in groups.items()}
+    out = {}
+    for name, scorer in scorers.items():
+        run = {}
+        for q, cands in groups.items():
+            scores = scorer(q, [t for _, t, _ in cands])
+            run[q] = {p: float(s) for (p, _, _), s in zip(cands, scores, strict=True)}
+        metrics = evaluate(qrels, run, ["nDCG@10", "RR(rel=4)"])
+        metrics["zero_useful@10"] = zero_useful_rate(qrels, run, k=10, min_grade=4)
+        out[name] = metrics
+    return out
+
+
+def bm25_scorer(titles: dict[str, str]):  # noqa: ANN201
+    """BM25 (bm25s) over every product title; returns f(query, candidate titles) -> scores."""
+    import bm25s
+
+    ids = sorted(titles)
+    corpus = [titles[i] for i in ids]
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+    row = {t: n for n, t in enumerate(corpus)}
+
+    def score(query: str, cands: list[str]) -> np.ndarray:
+        tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+        all_scores = retriever.get_scores(tokens) if tokens else np.zeros(len(corpus))
+        return np.array([all_scores[row[t]] for t in cands])
+
+    return score
+
+
+def bi_encoder_scorer():  # noqa: ANN201
+    from skulens.compat import ensure_torchvision_ops
+
+    ensure_torchvision_ops()
+    from sentence_transformers import SentenceTransformer
+
+    from skulens.models.packaged import minilm_path
+
+    st = SentenceTransformer(minilm_path(), device="cpu")
+
+    def score(query: str, cands: list[str]) -> np.ndarray:
+        vecs = st.encode([query, *cands], normalize_embeddings=True, convert_to_numpy=True)
+        return vecs[1:] @ vecs[0]
+
+    return score
+
+
+def train_reranker(settings: Settings, cfg: RerankerTrainConfig, *, pairs_dir: Path, run_id: str,
+                   out_dir: Path | None = None, log_step=None) -> dict[str, Any]:  # noqa: ANN001
+    """Fine-tune on the training queries' judgments and save to ``<out_dir>/model`` (HF format)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from skulens.compat import ensure_torchvision_ops
+    from skulens.models.packaged import resolve
+
+    ensure_torchvision_ops()
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    started = time.perf_counter()
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    out_dir = out_dir or settings.home / "training" / "reranker" / run_id
+    titles = product_titles(settings)
+    train = judged_pairs(pairs_dir, titles, "train")
+    if cfg.max_train_pairs is not None and len(train) > cfg.max_train_pairs:
+        train = random.Random(cfg.seed).sample(train, cfg.max_train_pairs)
+    if not train:
+        raise ValueError(f"no training judgments in {pairs_dir}")
+
+    base = resolve(cfg.base, settings.home / "cache" / "models")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    steps = math.ceil(len(train) / cfg.batch_size) * cfg.epochs
+    warmup = int(steps * cfg.warmup_fraction)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    rng = random.Random(cfg.seed)
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+    t_train = time.perf_counter()
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+        for batch in tqdm(batches, desc=f"reranker epoch {epoch + 1}/{cfg.epochs}",
+                          disable=os.environ.get("SKULENS_PROGRESS") == "0"):
+            q = [train[i][0] for i in batch]
+            t = [train[i][2] for i in batch]
+            y = torch.tensor([(train[i][3] - 1.0) / 2.0 for i in batch], device=device)
+            enc = tokenizer(q, t, truncation=True, max_length=cfg.max_length, padding=True,
+                            return_tensors="pt").to(device)
+            loss = loss_fn(model(**enc).logits.squeeze(-1), y.clamp(0, 1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        epoch_losses.append(float(np.mean(losses[-len(batches):])))
+        if log_step is not None:
+            log_step(epoch + 1, {"train_loss": epoch_losses[-1]})
+    train_s = time.perf_counter() - t_train
+    model_dir = out_dir / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / "skulens_reranker.json").write_text(json.dumps({"run_id": run_id, "max_length": cfg.max_length,
+                                                                 "config": cfg.model_dump(mode="json")}, indent=2))
+    result = {
+        "run_id": run_id, "config": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "device": device,
+        "data": {"train_pairs": len(train), "queries": "real Home Depot search queries with human relevance grades"},
+        "history": [{"epoch": e + 1, "train_loss": v} for e, v in enumerate(epoch_losses)],
+        "train_loss_first_last": [losses[0], losses[-1]],
+        "timings": {"train_s": round(train_s, 1), "total_s": round(time.perf_counter() - started, 1)},
+    }
+    (out_dir / "train.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def product_titles(settings: Settings) -> dict[str, str]:
+    table = read_table(settings, "homedepot", "products")
+    return dict(zip(table.column("product_id").to_pylist(), table.column("title").to_pylist(), strict=True))
+
+
+def test_groups(settings: Settings, cfg: RerankerTrainConfig, pairs_dir: Path,
+                titles: dict[str, str] | None = None) -> dict[str, list]:
+    """Held-out queries (test split) with their judged candidates, subsampled by ``max_eval_queries``."""
+    titles = titles or product_titles(settings)
+    return _grouped(judged_pairs(pairs_dir, titles, "test"), cfg.max_eval_queries, cfg.seed)
+
+
+def evaluate_reranker(settings: Settings, cfg: RerankerTrainConfig, *, model_dir: Path, pairs_dir: Path
+                      ) -> dict[str, Any]:
+    """nDCG@10 over each held-out query's judged candidates: BM25, bi-encoder, the cross-encoder."""
+    import torch
+
+    started = time.perf_counter()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    titles = product_titles(settings)
+    groups = test_groups(settings, cfg, pairs_dir, titles)
+    reranker = CrossEncoderReranker(model_dir, device=device, max_length=cfg.max_length)
+    test = evaluate_rankers(groups, {"bm25": bm25_scorer(titles), "bi_encoder_minilm": bi_encoder_scorer(),
+                                     "cross_encoder": reranker.score})
+    result = {"model_dir": str(model_dir), "test": test,
+              "data": {"test_queries": len(groups), "test_pairs": sum(len(v) for v in groups.values()),
+                       "queries": "real Home Depot search queries with human relevance grades"},
+              "seconds": round(time.perf_counter() - started, 1)}
+    (Path(model_dir).parent / "evaluation.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result

@@ -1,0 +1,204 @@
+"""Models on real data, small: the offline two-tower from packaged weights, tiny training with
+resume, evaluation against baselines, ONNX/INT8 export with the parity gate, the cross-encoder
+reranker, and the MLflow registry gate (SQLite store)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from skulens.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, shared_datasets):
+    """Real canonical tables + a small pairs folder in the build_pairs layout (no Spark needed)."""
+    import os
+
+    from skulens.data.catalog import read_table
+    from skulens.data.loaders import build_fashion, build_homedepot
+
+    home = tmp_path_factory.mktemp("models-home")
+    settings = load_settings("local", env={**os.environ, "SKULENS_HOME": str(home)})
+    build_fashion(settings)
+    build_homedepot(settings)
+    pairs = home / "pairs-fixture"
+    products = read_table(settings, "fashion", "products").to_pylist()
+    with_photo = [p for p in products if p["image_uri"]][:400]
+
+    def split_of(key: str) -> str:
+        bucket = zlib.crc32(key.encode()) % 10
+        return "test" if bucket == 0 else "val" if bucket == 1 else "train"
+
+    rows = []
+    for p in with_photo:
+        attrs = dict(p["attributes"])
+        sentence = f"{attrs.get('gender', '')} {attrs.get('colour', '')} {attrs.get('article_type', '')}".lower()
+        for view, text in (("title", p["title"]), ("attributes", sentence)):
+            rows.append({"product_id": p["product_id"], "image_uri": p["image_uri"], "view": view, "text": text,
+                         "split": split_of(p["product_id"])})
+    table = pa.Table.from_pylist(rows)
+    pq.write_to_dataset(table, str(pairs / "image_text"), partition_cols=["split"])
+    judged = read_table(settings, "homedepot", "judgments").to_pylist()[:3000]
+    qp = [{"query": j["query"], "product_id": j["product_id"], "grade": j["grade"], "source": "judgment",
+           "split": split_of(j["query"])} for j in judged]
+    pq.write_to_dataset(pa.Table.from_pylist(qp), str(pairs / "query_product"), partition_cols=["split"])
+    return home, pairs
+
+
+@pytest.fixture
+def settings_at(home, monkeypatch):
+    monkeypatch.setenv("SKULENS_HOME", str(home[0]))
+    return load_settings("local")
+
+
+def test_offline_two_tower_from_packaged_weights(settings_at, shared_datasets, tmp_path):
+    import torch
+
+    from skulens.models.two_tower import ImageError, TwoTower
+
+    cache = settings_at.home / "cache" / "models"
+    tower = TwoTower.build("skulens-offline", cache_dir=cache)
+    photos = sorted((shared_datasets / "fashion" / "images").glob("*.jpg"))[:3]
+    images = tower.encode_images(photos)
+    texts = tower.encode_texts(["men navy blue shirt", "women red dress"])
+    assert images.shape == (3, 256) and texts.shape == (2, 256)
+    assert np.allclose(np.linalg.norm(images, axis=1), 1, atol=1e-5)
+    # The split towers (frozen trunk features + heads) are exactly the full encoders.
+    with torch.inference_mode():
+        pixels = torch.stack([tower.load_image(p) for p in photos])
+        heads = torch.nn.functional.normalize(tower.image_head(tower.image_trunk(pixels)), dim=-1).numpy()
+        tokens = tower.tokenize_padded(["men navy blue shirt", "women red dress"])
+        text_heads = torch.nn.functional.normalize(tower.text_head(tower.text_trunk(tokens)), dim=-1).numpy()
+    assert np.allclose(heads, images, atol=1e-5) and np.allclose(text_heads, texts, atol=1e-5)
+    # The packaged Lite0 weights are in the trunk (not a random init).
+    trunk = tower.model.visual.trunk.state_dict()
+    saved = torch.load(cache / "efficientnet_lite0_open_clip_visual.pt", weights_only=True)
+    assert torch.equal(trunk["conv_stem.weight"], saved["trunk.conv_stem.weight"])
+    reloaded = TwoTower.load(tower.save(tmp_path / "bundle"), cache_dir=cache)
+    assert np.allclose(reloaded.encode_texts(["men navy blue shirt"]), texts[:1], atol=1e-6)
+    with pytest.raises(ImageError, match="cannot decode"):
+        tower.load_image(b"not an image")
+
+
+def test_tiny_training_resumes_evaluates_and_exports(settings_at, home, tmp_path):
+    from skulens.data.catalog import read_table
+    from skulens.export.parity import export_embedder
+    from skulens.training.config import load_train_config
+    from skulens.training.data import load_split
+    from skulens.training.two_tower import evaluate_two_tower, train_two_tower
+
+    _, pairs = home
+    cfg1 = load_train_config("tiny", settings_at, {"epochs": 1})
+    out = tmp_path / "run"
+    first = train_two_tower(settings_at, cfg1, pairs_dir=pairs, run_id="t1", out_dir=out)
+    assert (out / "checkpoints" / "last.pt").is_file() and len(first["history"]) == 1
+    cfg2 = load_train_config("tiny", settings_at, {"epochs": 2})
+    second = train_two_tower(settings_at, cfg2, pairs_dir=pairs, run_id="t1", out_dir=out)
+    assert len(second["history"]) == 2 and second["history"][0] == first["history"][0]  # resumed, not redone
+    assert second["data"]["queries"].startswith("attribute-derived")
+
+    evaluated = evaluate_two_tower(settings_at, cfg2, bundle=out / "bundle", pairs_dir=pairs)
+    baselines = {row["baseline"] for row in evaluated["lift"]}
+    assert baselines == {"untrained_projections", "text_only_minilm"}
+    assert set(evaluated["test"]) == {"trained", "untrained_projections", "text_only_minilm"}
+    assert 0 <= evaluated["test"]["trained"]["image_only_nDCG@10"] <= 1
+
+    products = read_table(settings_at, "fashion", "products")
+    test = load_split(pairs, products, "test")
+    train = load_split(pairs, products, "train").subset(16, 0)
+    decision = export_embedder(out / "bundle", tmp_path / "onnx", texts=test.titles[:24], images=test.images[:24],
+                               calibration_images=train.images, parity=settings_at.models.parity,
+                               cache_dir=settings_at.home / "cache" / "models")
+    assert decision["onnx_vs_torch_max_abs_diff"] < 1e-4
+    for tower in ("text", "image"):
+        cands = decision[tower]["candidates"]
+        assert all("cosine_mean" in c or "failed to run" in c["reason"] for c in cands.values())
+        served = decision["served"][tower]
+        assert served.endswith(".onnx")
+        assert (served.endswith(f"{tower}.onnx")) == (decision[tower]["chosen"] is None)
+    assert json.loads((tmp_path / "onnx" / "export.json").read_text())["served"] == decision["served"]
+
+
+def test_parity_gate_rejects_int8_that_drifts(settings_at, home, tmp_path):
+    """With an impossible threshold the INT8 artefacts are refused with the measured reason."""
+    from skulens.data.catalog import read_table
+    from skulens.export.parity import export_embedder
+    from skulens.models.two_tower import TwoTower
+    from skulens.settings import ParitySettings
+    from skulens.training.data import load_split
+
+    _, pairs = home
+    bundle = TwoTower.build("skulens-tiny", cache_dir=settings_at.home / "cache" / "models").save(tmp_path / "b")
+    test = load_split(pairs, read_table(settings_at, "fashion", "products"), "test")
+    decision = export_embedder(bundle, tmp_path / "onnx", texts=test.titles[:16], images=test.images[:16],
+                               calibration_images=test.images[:16], parity=ParitySettings(min_cosine=1.0),
+                               cache_dir=settings_at.home / "cache" / "models")
+    assert decision["int8_served"] == {"text": False, "image": False}
+    assert decision["served"]["text"].endswith("text.onnx") and decision["served"]["image"].endswith("image.onnx")
+    assert any("mean cosine" in r and "< 1.0" in r for r in decision["reasons"])
+
+
+def test_reranker_trains_evaluates_and_exports(settings_at, home, tmp_path):
+    from skulens.export.parity import export_reranker_gated
+    from skulens.training.reranker import (
+        CrossEncoderReranker,
+        evaluate_reranker,
+        load_reranker_config,
+        test_groups,
+        train_reranker,
+    )
+
+    _, pairs = home
+    cfg = load_reranker_config("reranker-tiny", settings_at)
+    trained = train_reranker(settings_at, cfg, pairs_dir=pairs, run_id="r1", out_dir=tmp_path / "rr")
+    assert trained["data"]["train_pairs"] == 128
+    scores = CrossEncoderReranker(trained["model_dir"]).score("cordless drill", ["DEWALT drill", "wood glue"])
+    assert scores.shape == (2,)
+    evaluated = evaluate_reranker(settings_at, cfg, model_dir=tmp_path / "rr" / "model", pairs_dir=pairs)
+    assert set(evaluated["test"]) == {"bm25", "bi_encoder_minilm", "cross_encoder"}
+    assert all(0 <= m["nDCG@10"] <= 1 for m in evaluated["test"].values())
+    decision = export_reranker_gated(tmp_path / "rr" / "model", tmp_path / "rr-onnx",
+                                     groups=dict(list(test_groups(settings_at, cfg, pairs).items())[:5]),
+                                     parity=settings_at.models.parity, max_length=cfg.max_length)
+    assert decision["score_corr"] > 0.9
+    assert decision["served"] in (decision["fp32"], decision["int8"])
+
+
+def test_registry_promotes_first_and_refuses_a_worse_challenger(settings_at, tmp_path):
+    from skulens.models.two_tower import TwoTower
+    from skulens.tracking.registry import CHAMPION, alias_version, log_and_register, promote_if_better
+
+    bundle = TwoTower.build("skulens-tiny", cache_dir=settings_at.home / "cache" / "models").save(tmp_path / "b")
+    good = {"test_image_only_nDCG@10": 0.40, "test_degraded_title_fused_nDCG@10": 0.50,
+            "test_full_title_fused_nDCG@10": 0.60}
+
+    def register(metrics: dict) -> int:
+        return log_and_register(settings_at, kind="embedder", run_name="t", params={"model": "skulens-tiny"},
+                                history=[{"epoch": 1, "train_loss": 1.0}], final_metrics=metrics,
+                                artifacts={"bundle": str(bundle)}, card="# card\n")["version"]
+
+    v1 = register(good)
+    first = promote_if_better(settings_at, "embedder", v1)
+    assert first.promoted and alias_version(settings_at, "skulens-embedder", CHAMPION) == v1
+    v2 = register({**good, "test_image_only_nDCG@10": 0.30})  # worse on one gate metric
+    second = promote_if_better(settings_at, "embedder", v2)
+    assert not second.promoted and second.champion_after == v1
+    assert "test_image_only_nDCG@10: 0.3000 is more than 0.0050 below champion 0.4000" in second.reasons
+    assert alias_version(settings_at, "skulens-embedder", CHAMPION) == v1
+    assert alias_version(settings_at, "skulens-embedder", "challenger") == v2
+
+    import mlflow.pyfunc
+
+    loaded = mlflow.pyfunc.load_model(f"models:/skulens-embedder@{CHAMPION}")
+    import pandas as pd
+
+    vectors = loaded.predict(pd.DataFrame({"text": ["red shirt", "blue jeans"]}))
+    assert np.asarray(vectors).shape == (2, 64)

@@ -1,0 +1,63 @@
+"""Training helpers that need no model: title degradation, attribute queries, configs, lift rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from skulens.settings import ConfigError
+from skulens.training.config import TwoTowerTrainConfig, load_train_config
+from skulens.training.data import ProductSet, degrade_title
+from skulens.training.evaluate import attribute_queries
+from skulens.training.two_tower import lift_table
+
+
+def test_degrade_title_removes_colour_and_gender_words():
+    colours = ["navy blue", "blue", "red"]
+    assert degrade_title("Turtle Check Men Navy Blue Shirt", colours) == "Turtle Check Shirt"
+    assert degrade_title("Women's Red Kurta", colours) == "Kurta"
+    assert degrade_title("Bluestone Ring", colours) == "Bluestone Ring"  # whole words only
+
+
+def _products() -> ProductSet:
+    attrs = [{"article_type": "Shirts", "colour": "Blue", "gender": "Men"},
+             {"article_type": "Shirts", "colour": "Blue", "gender": "Women"},
+             {"article_type": "Shirts", "colour": "Red", "gender": "Men"},
+             {"article_type": "Watches", "colour": "Blue", "gender": "Men"},
+             {"article_type": "Shirts"}]
+    n = len(attrs)
+    return ProductSet("test", [f"p{i}" for i in range(n)], [""] * n, [""] * n, [""] * n, [""] * n, attrs)
+
+
+def test_attribute_queries_are_graded_from_attributes():
+    texts, qrels = attribute_queries(_products())
+    assert "men blue shirts" in texts
+    q = qrels[str(texts.index("men blue shirts"))]
+    assert q == {"p0": 3, "p1": 2, "p2": 1, "p4": 1}  # watches are not relevant at all
+    assert len(texts) == 4  # the product without colour/gender makes no query
+
+
+def test_train_configs_load_and_validate(settings):
+    for name in ("offline", "tiny", "vit-l-14"):
+        assert load_train_config(name, settings).model
+    assert load_train_config("offline", settings, {"epochs": 2}).epochs == 2
+    with pytest.raises(ConfigError, match="not found"):
+        load_train_config("nope", settings)
+    with pytest.raises(ConfigError, match="epochs"):
+        load_train_config("tiny", settings, {"epochs": 0})
+
+
+def test_precomputed_features_need_locked_towers():
+    with pytest.raises(ValueError, match="precompute_features needs both towers"):
+        TwoTowerTrainConfig(model="skulens-offline", precompute_features=True, lock_text=False)
+
+
+def test_lift_table_names_each_baseline():
+    test = {"trained": {"image_only_nDCG@10": 0.5, "degraded_title_fused_nDCG@10": 0.6},
+            "untrained_projections": {"image_only_nDCG@10": 0.1},
+            "text_only_minilm": {"degraded_title_text_nDCG@10": 0.4}}
+    rows = {r["metric"]: r for r in lift_table(test)}
+    assert rows["image_only_nDCG@10"]["baseline"] == "untrained_projections"
+    assert rows["image_only_nDCG@10"]["delta"] == pytest.approx(0.4)
+    assert rows["degraded_title_fused_nDCG@10"]["baseline_metric"] == "degraded_title_text_nDCG@10"
+    assert rows["degraded_title_fused_nDCG@10"]["delta"] == pytest.approx(0.2)
+    assert rows["full_title_fused_nDCG@10"]["delta"] is None  # missing numbers stay missing
