@@ -15,10 +15,11 @@ PYTEST_ARGS ?=
 setup:  ## build .venv from nothing (idempotent, seconds when up to date)
 	@scripts/setup.sh
 
-demo: setup  ## the main job: canonical tables, simulated events, the catalog_ingest DAG, its summary
+demo: setup  ## the main job: tables, simulated events, catalog_ingest DAG, train_and_export DAG, summaries
 	$(BIN)/skulens datasets build
 	$(BIN)/skulens datasets simulate-events --catalog homedepot
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline catalog-ingest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline train-and-export
 
 test: setup  ## every test: unit, then integration (real components)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -30,7 +31,7 @@ test-integration: setup
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks dags spark_jobs
+	$(BIN)/ruff check src tests benchmarks dags spark_jobs training
 
 lock:  ## re-resolve requirements/lock.txt
 	scripts/lock.sh

@@ -1,4 +1,5 @@
-"""The catalog_ingest DAG end to end on the real bundled data, and its gates on broken input."""
+"""The catalog_ingest DAG end to end on the real bundled data, and its gates on broken input; then
+the train_and_export DAG (tiny configs) on the training pairs that run published."""
 
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ def settings_at(home, monkeypatch):
     return load_settings("local")
 
 
-def _dag():
+def _dag(dag_id: str = "catalog_ingest"):
     from airflow.dag_processing.dagbag import DagBag
 
     from tests.conftest import PROJECT_ROOT
 
-    return DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["catalog_ingest"]
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags[dag_id]
 
 
 def test_gate_blocks_a_bad_prepared_catalogue(settings_at):
@@ -94,6 +95,29 @@ def test_dag_runs_end_to_end_on_bundled_data(settings_at, airflow_db):
         searches = con.execute("select sum(searches) from query_performance").fetchone()[0]
         coverage = con.execute("select sum(products) from catalog_coverage where catalog = 'fashion'").fetchone()[0]
     assert searches > 0 and coverage == 42_874
+
+
+def test_train_and_export_dag_registers_and_gates(settings_at, airflow_db):
+    """Runs on the pairs the previous test published: tiny two-tower + tiny reranker."""
+    from airflow.utils.state import DagRunState
+
+    from skulens.tracking.registry import CHAMPION, alias_version
+
+    conf = {"config": "tiny", "epochs": 1, "reranker_config": "reranker-tiny", "parity_texts": 32,
+            "parity_images": 32}
+    run = _dag("train_and_export").test(run_conf=conf)
+    latest = json.loads((settings_at.reports_dir / "train_and_export" / "latest.json").read_text())
+    assert run.state == DagRunState.SUCCESS, latest.get("error")
+    assert latest["status"] == "success" and not latest["not_run"]
+    emb, rr = latest["summary"]["embedder"], latest["summary"]["reranker"]
+    assert {row["baseline"] for row in emb["lift"]} == {"untrained_projections", "text_only_minilm"}
+    assert emb["registered"] == {"name": "skulens-embedder", "version": 1}
+    assert emb["gate"]["promoted"] and emb["gate"]["champion_after"] == 1
+    assert set(emb["parity"]["int8_served"]) == {"text", "image"} and "fp32" in emb["parity"]["recall@10"]
+    assert set(rr["test"]) == {"bm25", "bi_encoder_minilm", "cross_encoder"}
+    assert rr["registered"]["name"] == "skulens-reranker" and rr["gate"]["champion_after"] == 1
+    assert alias_version(settings_at, "skulens-embedder", CHAMPION) == 1
+    assert alias_version(settings_at, "skulens-reranker", "challenger") == 1
 
 
 def test_broken_input_stops_the_run_and_keeps_current_outputs(settings_at, airflow_db, shared_datasets, tmp_path):

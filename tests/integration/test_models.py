@@ -159,7 +159,7 @@ def test_reranker_trains_evaluates_and_exports(settings_at, home, tmp_path):
     _, pairs = home
     cfg = load_reranker_config("reranker-tiny", settings_at)
     trained = train_reranker(settings_at, cfg, pairs_dir=pairs, run_id="r1", out_dir=tmp_path / "rr")
-    assert trained["data"]["train_pairs"] == 128
+    assert 128 <= trained["data"]["train_pairs"] <= 200  # whole queries up to the limit
     scores = CrossEncoderReranker(trained["model_dir"]).score("cordless drill", ["DEWALT drill", "wood glue"])
     assert scores.shape == (2,)
     evaluated = evaluate_reranker(settings_at, cfg, model_dir=tmp_path / "rr" / "model", pairs_dir=pairs)

@@ -14,7 +14,8 @@ APPS = ("dags", "spark_jobs", "training", "serving")
 
 def test_ruff_is_clean():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
-    done = subprocess.run([ruff, "check", "src", "tests", "benchmarks", "dags", "spark_jobs"], cwd=PROJECT_ROOT,
+    folders = ["src", "tests", "benchmarks", "dags", "spark_jobs", "training"]
+    done = subprocess.run([ruff, "check", *folders], cwd=PROJECT_ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
 

@@ -61,3 +61,25 @@ def test_lift_table_names_each_baseline():
     assert rows["degraded_title_fused_nDCG@10"]["baseline_metric"] == "degraded_title_text_nDCG@10"
     assert rows["degraded_title_fused_nDCG@10"]["delta"] == pytest.approx(0.2)
     assert rows["full_title_fused_nDCG@10"]["delta"] is None  # missing numbers stay missing
+
+
+def test_listwise_loss_prefers_the_graded_order():
+    import torch
+
+    from skulens.training.reranker import _listwise_loss
+
+    grades = torch.tensor([3.0, 1.0, 2.0, 3.0, 1.0])
+    queries = ["a", "a", "a", "b", "b"]
+    good = _listwise_loss(torch.tensor([2.0, -2.0, 0.0, 1.0, -1.0]), grades, queries, 0.5)
+    bad = _listwise_loss(torch.tensor([-2.0, 2.0, 0.0, -1.0, 1.0]), grades, queries, 0.5)
+    assert good < bad
+    single = _listwise_loss(torch.tensor([1.0]), torch.tensor([3.0]), ["c"], 0.5)
+    assert float(single) == 0.0  # a query with one candidate has no order to learn
+
+
+def test_reranker_subsample_keeps_whole_queries():
+    from skulens.training.reranker import _subsample_by_query
+
+    pairs = [(q, f"{q}{i}", "t", 2.0) for q in "abcdef" for i in range(3)]
+    picked = _subsample_by_query(pairs, 7, seed=1)
+    assert len(picked) == 9 and all(sum(p[0] == q for p in picked) in (0, 3) for q in "abcdef")

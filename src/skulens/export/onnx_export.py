@@ -110,13 +110,35 @@ def _without_value_info(source: Path, target: Path) -> Path:
     return target
 
 
-def quantize_dynamic_int8(source: Path, target: Path) -> Path:
-    """Weights to int8, activations quantized at run time (MatMul/Gemm; best for transformers)."""
+def ffn_down_projections(source: Path) -> list[str]:
+    """MatMul nodes whose constant weight narrows by 2x or more (a transformer FFN's output layer).
+
+    Their input is the GELU output, whose long tail per-tensor dynamic quantization handles worst:
+    on the offline text tower, keeping just these in fp32 lifted the INT8 cosine from 0.990 to
+    0.994 (measured on 256 real titles), more than keeping any whole layer in fp32."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    shapes = {init.name: numpy_helper.to_array(init).shape for init in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and len(shapes.get(node.input[1], ())) == 2:
+            rows, cols = shapes[node.input[1]]
+            if rows >= 2 * cols:
+                names.append(node.name)
+    return names
+
+
+def quantize_dynamic_int8(source: Path, target: Path, keep_fp32: list[str] | None = None) -> Path:
+    """Weights to int8, activations quantized at run time (MatMul/Gemm; best for transformers).
+    ``keep_fp32``: node names left unquantized."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     clean = _without_value_info(source, target.with_name(target.stem + ".src.onnx"))
     try:
-        quantize_dynamic(str(clean), str(target), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(clean), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=keep_fp32 or [])
     finally:
         clean.unlink(missing_ok=True)
     return target

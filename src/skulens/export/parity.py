@@ -20,6 +20,7 @@ import numpy as np
 from skulens.export.onnx_export import (
     export_reranker,
     export_two_tower,
+    ffn_down_projections,
     quantize_dynamic_int8,
     quantize_static_int8,
     run,
@@ -103,9 +104,13 @@ def export_embedder(bundle: Path, out_dir: Path, *, texts: list[str], images: li
     export_diff = float(max(np.abs(ref_text - torch_text).max(),
                             np.abs(ref_image - tower.encode_images(images)).max()))
 
-    text = _choose("text tower", ref_text, {
-        "fp32": fp32["text"], "dynamic": quantize_dynamic_int8(fp32["text"], out_dir / "text.int8-dynamic.onnx")},
-        {"input_ids": tokens}, parity, threads)
+    text_candidates = {"fp32": fp32["text"],
+                       "dynamic": quantize_dynamic_int8(fp32["text"], out_dir / "text.int8-dynamic.onnx")}
+    down = ffn_down_projections(fp32["text"])
+    if down:
+        text_candidates["dynamic_ffn_out_fp32"] = quantize_dynamic_int8(
+            fp32["text"], out_dir / "text.int8-dynamic-ffn-out-fp32.onnx", keep_fp32=down)
+    text = _choose("text tower", ref_text, text_candidates, {"input_ids": tokens}, parity, threads)
     image_candidates = {"fp32": fp32["image"]}
     batches = [calib[i:i + 16] for i in range(0, len(calib), 16)]
     image_candidates["static_qdq"] = quantize_static_int8(fp32["image"], out_dir / "image.int8-static.onnx",

@@ -44,7 +44,7 @@ def _previous(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
     return entry["result"]
 
 
-def _pairs_dir(settings: Settings) -> Path:
+def pairs_dir(settings: Settings) -> Path:
     from skulens.spark.build_pairs import pairs_store
 
     current = pairs_store(settings).current()
@@ -77,7 +77,7 @@ def train_embedder(settings: Settings, run_id: str, params: TrainParams) -> dict
 
     with stage(settings, PIPELINE, run_id, "train_embedder") as out:
         cfg = _two_tower_config(settings, params)
-        pairs = _pairs_dir(settings)
+        pairs = pairs_dir(settings)
         out.update(train_two_tower(settings, cfg, pairs_dir=pairs, run_id=run_id,
                                    out_dir=_run_dir(settings, "embedder", run_id)))
         out["params"] = asdict(params)
@@ -161,7 +161,7 @@ def train_reranker(settings: Settings, run_id: str, params: TrainParams) -> dict
     from skulens.training.reranker import train_reranker as train
 
     with stage(settings, PIPELINE, run_id, "train_reranker") as out:
-        pairs = _pairs_dir(settings)
+        pairs = pairs_dir(settings)
         out.update(train(settings, _reranker_config(settings, params), pairs_dir=pairs, run_id=run_id,
                          out_dir=_run_dir(settings, "reranker", run_id)))
         out["pairs_dir"] = str(pairs)

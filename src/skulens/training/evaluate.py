@@ -84,7 +84,7 @@ def evaluate_split(products: ProductSet, emb: SplitEmbeddings, qrels: Qrels,
         grid = FUSION_GRID if fusion_weights is None else (fusion_weights[setting],)
         scored = {w: _ndcg(emb.queries, qrels, ids, _norm(w * emb.images + (1 - w) * titles)) for w in grid}
         best = max(scored, key=lambda w: (scored[w], -w))
-        chosen[setting] = best
+        chosen[setting] = float(best)
         metrics[f"{setting}_fused_nDCG@10"] = scored[best]
         metrics[f"{setting}_fusion_weight"] = best
     if emb.images is not None:

@@ -37,6 +37,12 @@ class RerankerTrainConfig(BaseModel):
     max_length: int = Field(64, ge=8, le=512)
     max_train_pairs: int | None = Field(None, ge=1)
     max_eval_queries: int | None = Field(None, ge=1)
+    # pointwise: binary cross-entropy on the scaled grade. listwise: batches of whole queries, a
+    # softmax cross-entropy between the candidates' scores and their grades (ListNet) plus
+    # `bce_weight` x the pointwise loss (keeps scores comparable across queries).
+    loss: Literal["pointwise", "listwise"] = "listwise"
+    list_temperature: float = Field(0.5, gt=0)
+    bce_weight: float = Field(0.5, ge=0)
     seed: int = 13
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -165,6 +171,57 @@ def bi_encoder_scorer():  # noqa: ANN201
     return score
 
 
+def _subsample_by_query(pairs: list[tuple[str, str, str, float]], limit: int | None, seed: int
+                        ) -> list[tuple[str, str, str, float]]:
+    """Whole queries (every judged candidate of each), in random order, until ``limit`` pairs."""
+    if limit is None or len(pairs) <= limit:
+        return pairs
+    groups = _grouped(pairs, None, seed)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    out: list[tuple[str, str, str, float]] = []
+    for key in keys:
+        if len(out) >= limit:
+            break
+        out += [(key, p, t, g) for p, t, g in groups[key]]
+    return out
+
+
+def _batches(train: list[tuple[str, str, str, float]], cfg: RerankerTrainConfig, rng: random.Random
+             ) -> list[list[int]]:
+    """Listwise: whole queries packed into batches of about ``batch_size`` pairs; else shuffled pairs."""
+    if cfg.loss == "pointwise":
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        return [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+    by_query: dict[str, list[int]] = {}
+    for i, row in enumerate(train):
+        by_query.setdefault(row[0], []).append(i)
+    keys = sorted(by_query)
+    rng.shuffle(keys)
+    batches, current = [], []
+    for key in keys:
+        current += by_query[key]
+        if len(current) >= cfg.batch_size:
+            batches.append(current)
+            current = []
+    return batches + ([current] if current else [])
+
+
+def _listwise_loss(logits, grades, queries: list[str], temperature: float):  # noqa: ANN001, ANN202
+    """ListNet: cross-entropy between softmax(grades / t) and softmax(scores), per query, averaged."""
+    import torch
+
+    losses = []
+    for query in dict.fromkeys(queries):
+        idx = torch.tensor([i for i, q in enumerate(queries) if q == query], device=logits.device)
+        if len(idx) < 2:
+            continue
+        target = torch.softmax(grades[idx] / temperature, dim=0)
+        losses.append(-(target * torch.log_softmax(logits[idx], dim=0)).sum())
+    return torch.stack(losses).mean() if losses else logits.sum() * 0.0
+
+
 def train_reranker(settings: Settings, cfg: RerankerTrainConfig, *, pairs_dir: Path, run_id: str,
                    out_dir: Path | None = None, log_step=None) -> dict[str, Any]:  # noqa: ANN001
     """Fine-tune on the training queries' judgments and save to ``<out_dir>/model`` (HF format)."""
@@ -184,9 +241,7 @@ def train_reranker(settings: Settings, cfg: RerankerTrainConfig, *, pairs_dir: P
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out_dir = out_dir or settings.home / "training" / "reranker" / run_id
     titles = product_titles(settings)
-    train = judged_pairs(pairs_dir, titles, "train")
-    if cfg.max_train_pairs is not None and len(train) > cfg.max_train_pairs:
-        train = random.Random(cfg.seed).sample(train, cfg.max_train_pairs)
+    train = _subsample_by_query(judged_pairs(pairs_dir, titles, "train"), cfg.max_train_pairs, cfg.seed)
     if not train:
         raise ValueError(f"no training judgments in {pairs_dir}")
 
@@ -205,17 +260,18 @@ def train_reranker(settings: Settings, cfg: RerankerTrainConfig, *, pairs_dir: P
     t_train = time.perf_counter()
     model.train()
     for epoch in range(cfg.epochs):
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+        batches = _batches(train, cfg, rng)
         for batch in tqdm(batches, desc=f"reranker epoch {epoch + 1}/{cfg.epochs}",
                           disable=os.environ.get("SKULENS_PROGRESS") == "0"):
             q = [train[i][0] for i in batch]
             t = [train[i][2] for i in batch]
-            y = torch.tensor([(train[i][3] - 1.0) / 2.0 for i in batch], device=device)
+            grades = torch.tensor([train[i][3] for i in batch], device=device)
             enc = tokenizer(q, t, truncation=True, max_length=cfg.max_length, padding=True,
                             return_tensors="pt").to(device)
-            loss = loss_fn(model(**enc).logits.squeeze(-1), y.clamp(0, 1))
+            logits = model(**enc).logits.squeeze(-1)
+            loss = loss_fn(logits, ((grades - 1.0) / 2.0).clamp(0, 1))
+            if cfg.loss == "listwise":
+                loss = cfg.bce_weight * loss + _listwise_loss(logits, grades, q, cfg.list_temperature)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
