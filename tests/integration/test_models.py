@@ -202,3 +202,24 @@ def test_registry_promotes_first_and_refuses_a_worse_challenger(settings_at, tmp
 
     vectors = loaded.predict(pd.DataFrame({"text": ["red shirt", "blue jeans"]}))
     assert np.asarray(vectors).shape == (2, 64)
+
+
+def test_ddp_training_with_torchrun_on_cpu(settings_at, home, tmp_path):
+    """Two processes (gloo) through the same entry point a GPU cluster uses."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import PROJECT_ROOT
+
+    _, pairs = home
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "SKULENS_HOME": str(settings_at.home), "SKULENS_PROGRESS": "0"}
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29541",
+                           str(PROJECT_ROOT / "training" / "train_two_tower.py"), "--config", "tiny", "--epochs", "1",
+                           "--run-id", "ddp", "--pairs-dir", str(pairs)],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train = json.loads((settings_at.home / "training" / "two_tower" / "ddp" / "train.json").read_text())
+    assert train["world_size"] == 2 and len(train["history"]) == 1
