@@ -223,3 +223,16 @@ def test_ddp_training_with_torchrun_on_cpu(settings_at, home, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     train = json.loads((settings_at.home / "training" / "two_tower" / "ddp" / "train.json").read_text())
     assert train["world_size"] == 2 and len(train["history"]) == 1
+
+
+def test_text_text_mode_reports_before_and_after(settings_at, home, tmp_path):
+    from skulens.models.two_tower import TwoTower
+    from skulens.training.text_text import train_query_tower
+
+    _, pairs = home
+    bundle = TwoTower.build("skulens-offline", cache_dir=settings_at.home / "cache" / "models").save(tmp_path / "b")
+    result = train_query_tower(settings_at, bundle=bundle, pairs_dir=pairs, out_dir=tmp_path / "qt", epochs=1,
+                               batch_size=64, max_eval_queries=50, max_corpus_products=3000)
+    assert set(result["before"]) == {"text_only_minilm", "image_text_head"}
+    assert {"full_corpus_nDCG@10", "full_corpus_R@100", "rerank_nDCG@10"} <= set(result["after"])
+    assert result["queries"].startswith("real Home Depot") and (tmp_path / "qt" / "bundle" / "weights.pt").is_file()

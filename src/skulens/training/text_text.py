@@ -4,7 +4,8 @@ The text tower's trunk (MiniLM) stays frozen; its features for every query and p
 computed once, and the text projection head is trained with open_clip's contrastive loss on
 (query, relevant title) pairs of the training queries (grade >= ``min_grade``), with in-batch
 negatives. Evaluation uses the held-out queries (the data layer splits by query) in two settings,
-each against text-only MiniLM (the same trunk without the head) and the untrained head:
+each against text-only MiniLM (the same trunk without the head) and the head as the image-text
+training left it:
 
 * full corpus: every Home Depot product title indexed, nDCG@10 / recall@100 / MRR;
 * rerank: each held-out query's own judged candidates, nDCG@10.
@@ -47,7 +48,8 @@ def _rerank_ndcg(groups: dict[str, list], qv: dict[str, np.ndarray], tv: dict[st
 
 def train_query_tower(settings: Settings, *, bundle: Path, pairs_dir: Path, out_dir: Path, epochs: int = 8,
                       batch_size: int = 256, lr: float = 1e-3, min_grade: float = 2.33, seed: int = 13,
-                      max_eval_queries: int | None = 1000) -> dict[str, Any]:
+                      max_eval_queries: int | None = 1000, max_corpus_products: int | None = None
+                      ) -> dict[str, Any]:
     """Train the text head on query → title pairs; return before/after metrics on held-out queries."""
     import torch
 
@@ -63,9 +65,15 @@ def train_query_tower(settings: Settings, *, bundle: Path, pairs_dir: Path, out_
     cache = settings.home / "cache" / "models"
     tower = TwoTower.load(bundle, cache_dir=cache)
     titles = product_titles(settings)
-    ids = sorted(titles)
     train = [(q, p) for q, p, _, g in judged_pairs(pairs_dir, titles, "train") if g >= min_grade]
     test = judged_pairs(pairs_dir, titles, "test")
+    ids = sorted(titles)
+    if max_corpus_products is not None and len(ids) > max_corpus_products:
+        # Every judged product stays in the corpus; the rest is a seeded sample (smaller runs).
+        judged = {p for _, p in train} | {p for _, p, _, _ in test}
+        others = sorted(set(ids) - judged)
+        extra = rng.choice(others, max(0, max_corpus_products - len(judged)), replace=False).tolist() if others else []
+        ids = sorted(judged | set(extra))
     queries = sorted({q for q, _ in train} | {q for q, _, _, _ in test})
     feats_title = text_trunk_features(tower, [titles[i] for i in ids], desc="product titles")
     feats_query = text_trunk_features(tower, queries, desc="queries")
@@ -95,7 +103,7 @@ def train_query_tower(settings: Settings, *, bundle: Path, pairs_dir: Path, out_
         return {f"full_corpus_{k}": v for k, v in full.items()} | {"rerank_nDCG@10": rerank}
 
     head = tower.model.text.proj
-    before = {"text_only_minilm": evaluate_head(None), "untrained_head": evaluate_head(head)}
+    before = {"text_only_minilm": evaluate_head(None), "image_text_head": evaluate_head(head)}
     # The head as trained on image-text pairs is the starting point; it is what serving used before.
     loss_fn = _import_open_clip().ClipLoss()
     scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
