@@ -40,7 +40,18 @@ def _run_dag(settings, dag_id: str, conf: dict, message: str) -> None:  # noqa: 
     bag.dags[dag_id].test(run_conf=conf)
 
 
-def _load_summary(settings, pipeline_name: str) -> tuple[dict, Path]:  # noqa: ANN001
+def _run(settings, pipeline_name: str, conf: dict, airflow: bool, local, message: str  # noqa: ANN001
+         ) -> tuple[dict, Path]:
+    """Run a pipeline through its DAG (``dag.test()``) or its stages in this process; return the summary."""
+    if airflow:
+        _run_dag(settings, pipeline_name, conf, message)
+    else:
+        from skulens.storage import new_version_id
+
+        try:
+            local(f"local__{new_version_id()}")
+        except RuntimeError:
+            pass  # the summary says what failed
     latest = settings.reports_dir / pipeline_name / "latest.json"
     if not latest.is_file():
         raise FileNotFoundError(f"the run wrote no summary ({latest})")
@@ -64,17 +75,13 @@ def catalog_ingest(
     settings = settings_from()
     conf = {"fashion_root": str(fashion_root.resolve()) if fashion_root else None,
             "homedepot_path": str(homedepot_path.resolve()) if homedepot_path else None}
-    if airflow:
-        _run_dag(settings, "catalog_ingest", conf, "running catalog_ingest (Spark, Great Expectations, dbt) ...")
-    else:
+    def local(run_id: str) -> None:
         from skulens.pipelines.catalog_ingest import run_all
-        from skulens.storage import new_version_id
 
-        try:
-            run_all(settings, f"local__{new_version_id()}", **conf)
-        except RuntimeError:
-            pass  # the summary below says what failed
-    summary, latest = _load_summary(settings, "catalog_ingest")
+        run_all(settings, run_id, **conf)
+
+    summary, latest = _run(settings, "catalog_ingest", conf, airflow, local,
+                           "running catalog_ingest (Spark, Great Expectations, dbt) ...")
     _print_summary(summary, latest)
     if summary["status"] != "success":
         raise typer.Exit(code=1)
@@ -130,17 +137,13 @@ def train_and_export(
     conf = {"config": config, "epochs": epochs, "max_train_products": max_train_products,
             "reranker_config": reranker_config, "reranker_max_train_pairs": reranker_max_train_pairs,
             "parity_texts": 512, "parity_images": 256}
-    if airflow:
-        _run_dag(settings, "train_and_export", conf, "running train_and_export (open_clip, MLflow, ONNX Runtime) ...")
-    else:
+    def local(run_id: str) -> None:
         from skulens.pipelines.train_and_export import TrainParams, run_all
-        from skulens.storage import new_version_id
 
-        try:
-            run_all(settings, f"local__{new_version_id()}", TrainParams(**conf))
-        except RuntimeError:
-            pass  # the summary below says what failed
-    summary, latest = _load_summary(settings, "train_and_export")
+        run_all(settings, run_id, TrainParams(**conf))
+
+    summary, latest = _run(settings, "train_and_export", conf, airflow, local,
+                           "running train_and_export (open_clip, MLflow, ONNX Runtime) ...")
     _print_train_summary(summary, latest)
     if summary["status"] != "success":
         raise typer.Exit(code=1)

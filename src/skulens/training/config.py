@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from skulens.settings import ConfigError, Settings
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class TwoTowerTrainConfig(BaseModel):
@@ -57,19 +59,27 @@ class TwoTowerTrainConfig(BaseModel):
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_train_config(name_or_path: str, settings: Settings, overrides: dict[str, Any] | None = None
-                      ) -> TwoTowerTrainConfig:
-    """``configs/training/<name>.yaml`` or a YAML path, with ``overrides`` (e.g. epochs) applied."""
+def load_config_file(name_or_path: str, settings: Settings, model: type[M], what: str,
+                     overrides: dict[str, Any] | None = None) -> M:
+    """``configs/training/<name>.yaml`` or a YAML path, validated as ``model``, with ``overrides``
+    (None values ignored) applied; ConfigError names the file and the problem."""
+    folder = settings.project_root / "configs" / "training"
     path = Path(name_or_path)
     if not path.suffix:
-        path = settings.project_root / "configs" / "training" / f"{name_or_path}.yaml"
+        path = folder / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in (settings.project_root / "configs" / "training").glob("*.yaml"))
-        raise ConfigError(f"training config {name_or_path!r} not found ({path}); known: {', '.join(known)}")
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"{what} config {name_or_path!r} not found ({path}); known: {', '.join(known)}")
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     raw.setdefault("name", path.stem)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return TwoTowerTrainConfig(**raw)
+        return model(**raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid training config: {exc}") from exc
+        raise ConfigError(f"{path}: invalid {what} config: {exc}") from exc
+
+
+def load_train_config(name_or_path: str, settings: Settings, overrides: dict[str, Any] | None = None
+                      ) -> TwoTowerTrainConfig:
+    """The two-tower training config ``name_or_path`` (see :func:`load_config_file`)."""
+    return load_config_file(name_or_path, settings, TwoTowerTrainConfig, "training", overrides)

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from skulens.data.catalog import read_table
-from skulens.settings import ConfigError, Settings
+from skulens.settings import Settings
 
 
 class RerankerTrainConfig(BaseModel):
@@ -49,18 +48,10 @@ class RerankerTrainConfig(BaseModel):
 
 def load_reranker_config(name_or_path: str, settings: Settings, overrides: dict[str, Any] | None = None
                          ) -> RerankerTrainConfig:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = settings.project_root / "configs" / "training" / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"reranker config {name_or_path!r} not found ({path})")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    raw.setdefault("name", path.stem)
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return RerankerTrainConfig(**raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid reranker config: {exc}") from exc
+    """The reranker training config ``name_or_path`` (``configs/training/<name>.yaml`` or a path)."""
+    from skulens.training.config import load_config_file
+
+    return load_config_file(name_or_path, settings, RerankerTrainConfig, "reranker", overrides)
 
 
 def judged_pairs(pairs_dir: Path, titles: dict[str, str], split: str) -> list[tuple[str, str, str, float]]:

@@ -1,0 +1,65 @@
+"""Sharded FAISS index: routing, the recall gate against exact search, manifest and checksums."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from skulens.retrieval.vector_index import MERGED, RecallGateError, ShardedVectorIndex, VectorIndexConfig
+
+
+def _clustered(n_per: int = 400, dim: int = 32, seed: int = 0):
+    """Category clusters (as product embeddings are), not i.i.d. noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(5, dim))
+    vectors, keys = [], []
+    for c, size in enumerate([n_per, n_per, n_per, n_per, 30]):  # the last category is tiny
+        vectors.append(centres[c] + 0.6 * rng.normal(size=(size, dim)))
+        keys += [f"cat{c}"] * size
+    vectors = np.concatenate(vectors).astype(np.float32)
+    return [f"p{i}" for i in range(len(vectors))], vectors, keys
+
+
+def test_build_shards_route_and_pass_the_recall_gate():
+    ids, vectors, keys = _clustered()
+    index = ShardedVectorIndex.build(ids, vectors, keys, VectorIndexConfig(min_shard_size=100, gate_queries=200),
+                                     model_version="test-v1")
+    assert index.manifest["shards"] == {MERGED: 30, "cat0": 400, "cat1": 400, "cat2": 400, "cat3": 400}
+    assert index.manifest["merged_categories"] == ["cat4"]
+    assert index.manifest["recall@10"] >= 0.95 and index.manifest["model_version"] == "test-v1"
+    hits = index.search(vectors[:1], k=5)[0]
+    assert hits[0][0] == "p0" and len(hits) == 5 and hits[0][1] >= hits[-1][1]
+    # A product of category 1 is found through the router.
+    assert index.search(vectors[450:451], k=1)[0][0][0] == "p450"
+
+
+def test_recall_gate_refuses_a_bad_build():
+    ids, vectors, keys = _clustered()
+    bad = VectorIndexConfig(min_shard_size=100, route_top_n=1, route_margin=0.0, m=4, ef_search=1,
+                            ef_construction=8, gate_queries=200)
+    with pytest.raises(RecallGateError, match=r"recall@10 against exact search is 0\.\d+ < 0.95"):
+        ShardedVectorIndex.build(ids, vectors, keys, bad)
+
+
+def test_save_load_and_checksums(tmp_path):
+    ids, vectors, keys = _clustered(n_per=200)
+    index = ShardedVectorIndex.build(ids, vectors, keys, VectorIndexConfig(min_shard_size=100, kind="hnsw_sq8",
+                                                                           gate_queries=100, min_recall=0.9))
+    folder = index.save(tmp_path / "v1")
+    loaded = ShardedVectorIndex.load(folder)
+    assert loaded.search(vectors[:3], k=5) == index.search(vectors[:3], k=5)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["vectors"] == len(ids) and all(len(v) == 64 for v in manifest["checksums"].values())
+    shard = next(folder.glob("shard-*.faiss"))
+    shard.write_bytes(shard.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(ValueError, match="checksum differs"):
+        ShardedVectorIndex.load(folder)
+
+
+def test_inputs_are_validated():
+    with pytest.raises(ValueError, match="differ"):
+        ShardedVectorIndex.build(["a"], np.zeros((2, 4), np.float32), ["x", "y"])
+    with pytest.raises(ValueError, match="unique"):
+        ShardedVectorIndex.build(["a", "a"], np.ones((2, 4), np.float32), ["x", "x"])
