@@ -15,11 +15,12 @@ PYTEST_ARGS ?=
 setup:  ## build .venv from nothing (idempotent, seconds when up to date)
 	@scripts/setup.sh
 
-demo: setup  ## the main job: tables, simulated events, catalog_ingest DAG, train_and_export DAG, summaries
+demo: setup  ## the main job: tables, events, catalog_ingest, train_and_export and build_index DAGs, summaries
 	$(BIN)/skulens datasets build
 	$(BIN)/skulens datasets simulate-events --catalog homedepot
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline catalog-ingest
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline train-and-export
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline build-index
 
 test: setup  ## every test: unit, then integration (real components)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

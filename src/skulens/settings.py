@@ -170,6 +170,28 @@ class ModelsSettings(_Model):
     parity: ParitySettings = Field(default_factory=ParitySettings)
 
 
+class VectorIndexSettings(_Model):
+    kind: Literal["hnsw", "hnsw_sq8", "flat"] = "hnsw"
+    m: int = Field(32, ge=4)
+    ef_construction: int = Field(80, ge=8)
+    ef_search: int = Field(64, ge=1)
+    min_shard_size: int = Field(500, ge=1)
+    route_top_n: int = Field(3, ge=1)
+    route_margin: float = Field(0.1, ge=0)
+    min_recall: float = Field(0.95, ge=0, le=1)
+    gate_queries: int = Field(500, ge=10)
+
+
+class RetrievalSettings(_Model):
+    catalog: str = "fashion"
+    shard_level: int = Field(0, ge=0)
+    vector: VectorIndexSettings = Field(default_factory=VectorIndexSettings)
+    lexical_boosts: dict[str, float] = Field(default_factory=lambda: {"title": 2.0, "attributes": 1.0,
+                                                                      "category": 0.5})
+    keep_versions: int = Field(3, ge=1)
+    reload_url: str | None = None
+
+
 class AirflowSettings(_Model):
     home: Path
     parallelism: int = Field(4, ge=1)
@@ -210,6 +232,7 @@ class Settings(_Model):
     stream: StreamSettings
     mlflow: MLflowSettings
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     airflow: AirflowSettings
     dbt: DbtSettings
 

@@ -120,6 +120,35 @@ def test_train_and_export_dag_registers_and_gates(settings_at, airflow_db):
     assert alias_version(settings_at, "skulens-reranker", "challenger") == 1
 
 
+def test_build_index_dag_publishes_and_rolls_back(settings_at, airflow_db):
+    """Indexes the real fashion catalogue with the champion the previous test promoted (tiny model)."""
+    from airflow.utils.state import DagRunState
+
+    from skulens.pipelines.build_index import index_store, rollback, run_all
+    from skulens.retrieval.lexical import BM25Index
+    from skulens.retrieval.vector_index import ShardedVectorIndex
+
+    run = _dag("build_index").test()
+    latest = json.loads((settings_at.reports_dir / "build_index" / "latest.json").read_text())
+    assert run.state == DagRunState.SUCCESS, latest.get("error")
+    stages = latest["stages"]
+    assert stages["embed"]["result"]["products"] == 42_874 and stages["embed"]["result"]["with_image"] == 8_011
+    assert stages["embed"]["result"]["model_version"] == "skulens-embedder/1"
+    assert stages["build_vector"]["result"]["recall@10"] >= 0.95
+    store = index_store(settings_at, "fashion")
+    first = store.current_id()
+    assert first == stages["publish"]["result"]["version"]
+    assert (settings_at.home / "indexes" / "fashion" / "RELOAD").is_file()
+    vector = ShardedVectorIndex.load(store.current() / "vector")
+    assert vector.manifest["vectors"] == 42_874
+    assert BM25Index.load(store.current() / "lexical").search("blue shirt", k=3)
+
+    run_all(settings_at, "second-build")  # a second version, then roll back to the first
+    assert store.current_id() == "second-build"
+    assert rollback(settings_at, "fashion") == first and store.current_id() == first
+    assert ShardedVectorIndex.load(store.current() / "vector").manifest["model_version"] == "skulens-embedder/1"
+
+
 def test_broken_input_stops_the_run_and_keeps_current_outputs(settings_at, airflow_db, shared_datasets, tmp_path):
     from airflow.utils.state import DagRunState
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from skulens import __version__
-from skulens.cli import datasets, models, pipeline
+from skulens.cli import datasets, index, models, pipeline
 from skulens.cli.common import console, fail_on_errors, settings_from
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(models.app, name="models")
+app.add_typer(index.app, name="index")
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

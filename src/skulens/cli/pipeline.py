@@ -188,3 +188,45 @@ def _print_train_summary(summary: dict, path: Path) -> None:
             console.print(f"  {reg['name']} v{reg['version']} (challenger): {verdict}; "
                           f"champion is v{gate.get('champion_after')}", highlight=False)
     console.print(f"summary: {path}")
+
+
+@app.command("build-index")
+@fail_on_errors
+def build_index(
+    airflow: Annotated[bool, typer.Option(
+        "--airflow/--no-airflow", help="Run through Airflow's dag.test() (default) or call the stages directly.")]
+    = True,
+    catalog: Annotated[str | None, typer.Option(help="Catalogue to index (default: retrieval.catalog).")] = None,
+) -> None:
+    """Embed the catalogue with the champion embedder, build the category-sharded FAISS index (recall
+    gate against exact search) and the BM25 index, publish atomically and tell serving to reload.
+
+    The summary goes to SKULENS_HOME/reports/build_index/latest.json.
+    """
+    settings = settings_from()
+
+    def local(run_id: str) -> None:
+        from skulens.pipelines.build_index import run_all
+
+        run_all(settings, run_id, catalog)
+
+    summary, latest = _run(settings, "build_index", {"catalog": catalog}, airflow, local,
+                           "running build_index (champion embedder, FAISS, BM25) ...")
+    colour = "green" if summary["status"] == "success" else "red"
+    console.print(f"\n[bold]build_index[/] run {summary['run_id']}: [{colour}]{summary['status']}[/]")
+    for name, entry in summary["stages"].items():
+        result = entry.get("result") or {}
+        detail = {"embed": lambda r: f"{r.get('products', 0):,} products ({r.get('with_image', 0):,} with photo), "
+                                     f"model {r.get('model_version')}",
+                  "build_vector": lambda r: f"recall@10 {r.get('recall@10')}, shards {r.get('shards')}",
+                  "build_lexical": lambda r: f"{r.get('documents', 0):,} documents",
+                  "publish": lambda r: f"version {r.get('version')} (previous {r.get('previous')})"}.get(name)
+        line = f"  {name:<15} {entry['status']:<8} {entry['seconds']:>7.1f} s"
+        if detail and result:
+            line += "  " + detail(result)
+        console.print(line, highlight=False, soft_wrap=True)
+        if entry["status"] == "failed":
+            err_console.print(f"    [red]{entry['error']}[/]", soft_wrap=True)
+    console.print(f"summary: {latest}")
+    if summary["status"] != "success":
+        raise typer.Exit(code=1)

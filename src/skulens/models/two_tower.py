@@ -64,6 +64,7 @@ class TwoTower:
         self.tokenizer = tokenizer
         self.spec = spec
         self.device = device
+        self.meta: dict[str, Any] = {}  # training metadata of a loaded bundle (fusion weights, run id)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -103,6 +104,7 @@ class TwoTower:
         state = torch.load(Path(bundle) / BUNDLE_WEIGHTS, map_location=device, weights_only=True)
         built.model.load_state_dict(state)
         built.model.eval()
+        built.meta = meta.get("meta", {})
         return built
 
     def save(self, bundle: Path, meta: dict[str, Any] | None = None) -> Path:

@@ -43,7 +43,7 @@ class VectorIndexConfig:
     ef_search: int = 64
     min_shard_size: int = 500
     route_top_n: int = 3
-    route_margin: float = 0.02
+    route_margin: float = 0.1
     min_recall: float = 0.95
     gate_queries: int = 500
     seed: int = 13
@@ -163,7 +163,11 @@ class ShardedVectorIndex:
         return out
 
     def recall_against_exact(self, vectors: np.ndarray, ids: np.ndarray, k: int = 10) -> float:
-        """Recall@k of routed search against exact inner-product search over all vectors."""
+        """Recall@k of routed search against exact inner-product search over all vectors.
+
+        Tie-aware: a returned item counts when its exact score reaches the k-th exact score (a
+        catalogue has many identical vectors, e.g. products with the same title and no photo, and
+        which of several equal candidates fills the last places is arbitrary)."""
         import faiss
 
         rng = np.random.default_rng(self.config.seed)
@@ -173,10 +177,13 @@ class ShardedVectorIndex:
         queries = _normalise(vectors[sample] + noise)
         exact = faiss.IndexFlatIP(vectors.shape[1])
         exact.add(vectors)
-        _, truth = exact.search(queries, k)
-        found = self.search(queries, k)
-        hits = sum(len({ids[t] for t in row} & {pid for pid, _ in got}) for row, got in zip(truth, found, strict=True))
-        return hits / (len(sample) * k)
+        scores, _ = exact.search(queries, k)
+        row = {pid: i for i, pid in enumerate(ids)}
+        hits = 0
+        for q, kth, got in zip(queries, scores[:, -1], self.search(queries, k), strict=True):
+            true = [float(vectors[row[pid]] @ q) for pid, _ in got]
+            hits += min(k, sum(t >= kth - 1e-5 for t in true))
+        return float(hits / (len(sample) * k))
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, folder: Path) -> Path:

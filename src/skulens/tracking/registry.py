@@ -214,3 +214,33 @@ def attach_export(settings: Settings, kind: str, version: int, decision: dict[st
                               "passed" if (all(int8.values()) if isinstance(int8, dict) else int8) else "rejected")
     if decision.get("reasons"):
         mlc.set_model_version_tag(name, str(version), "int8_reasons", "; ".join(decision["reasons"])[:4000])
+
+
+def version_artifacts(settings: Settings, kind: str, alias: str = CHAMPION) -> dict[str, Any]:
+    """Local paths of the version behind ``alias``: its model files and its served ONNX artefacts.
+
+    Returns ``{"name", "version", "run_id", "model_dir", "onnx_dir", "export"}``; ``onnx_dir`` and
+    ``export`` are None when the version was not exported. Raises LookupError without that alias."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    name = getattr(settings.models, kind)
+    mlc = client(settings)
+    try:
+        mv = mlc.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise LookupError(f"registered model {name} has no version with alias {alias!r}; "
+                          "run the train_and_export pipeline first") from exc
+    local = settings.home / "cache" / "registry" / name / f"v{mv.version}"
+    (local / "model").mkdir(parents=True, exist_ok=True)
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}",
+                                                         dst_path=str(local / "model")))
+    onnx_dir, export = None, None
+    try:
+        onnx_dir = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="onnx",
+                                                            dst_path=str(local)))
+        export = json.loads((onnx_dir / "export.json").read_text(encoding="utf-8"))
+    except (MlflowException, OSError):
+        onnx_dir = None
+    return {"name": name, "version": int(mv.version), "run_id": mv.run_id, "model_dir": model_dir,
+            "onnx_dir": onnx_dir, "export": export}

@@ -1,0 +1,178 @@
+"""The stages of the ``build_index`` pipeline (the DAG of the same name wires them).
+
+embed (champion embedder) -> build_vector (sharded FAISS + recall gate) -> build_lexical (BM25)
+-> publish (atomic ``CURRENT`` swap) -> notify_serving -> report.
+
+Everything is staged under ``SKULENS_HOME/indexes/<catalog>/versions/<run_id>/`` (``embeddings.parquet``,
+``vector/``, ``lexical/``, ``manifest.json``) and becomes current only in ``publish``; a failed
+recall gate stops the run before it and the previous index version keeps serving. Rollback:
+:func:`rollback` points ``CURRENT`` back at an earlier version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from skulens.pipelines.runlog import finish, read_log, stage
+from skulens.settings import Settings
+from skulens.storage import VersionedDir
+
+PIPELINE = "build_index"
+STAGES = ["embed", "build_vector", "build_lexical", "publish", "notify_serving"]
+
+
+def index_store(settings: Settings, catalog: str) -> VersionedDir:
+    """The versioned folder of a catalogue's indexes."""
+    return VersionedDir(settings.home / "indexes" / catalog)
+
+
+def _staging(settings: Settings, catalog: str, run_id: str) -> Path:
+    store = index_store(settings, catalog)
+    path = store.staging_path(run_id)
+    return path if path.is_dir() else store.begin(run_id)
+
+
+def _previous(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
+    entry = read_log(settings, PIPELINE, run_id)["stages"].get(name)
+    if not entry or entry.get("status") != "success":
+        raise RuntimeError(f"stage {name} of run {run_id} has not succeeded; run it first")
+    return entry["result"]
+
+
+def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[str, Any]:
+    """Embed the catalogue with the champion embedder (served ONNX image tower when exported)."""
+    from skulens.data.catalog import read_table
+    from skulens.models.two_tower import TwoTower
+    from skulens.retrieval.embed import EmbeddingMapper, embed_catalog
+    from skulens.tracking.registry import version_artifacts
+
+    catalog = catalog or settings.retrieval.catalog
+    with stage(settings, PIPELINE, run_id, "embed") as out:
+        champion = version_artifacts(settings, "embedder")
+        tower = TwoTower.load(champion["model_dir"] / "artifacts" / "bundle",
+                              cache_dir=settings.home / "cache" / "models")
+        image_onnx = None
+        if champion["export"] and champion["onnx_dir"]:
+            image_onnx = champion["onnx_dir"] / Path(champion["export"]["served"]["image"]).name
+        model_version = f"{champion['name']}/{champion['version']}"
+        summary = embed_catalog(read_table(settings, catalog, "products"), EmbeddingMapper(tower, image_onnx),
+                                _staging(settings, catalog, run_id) / "embeddings.parquet",
+                                model_version=model_version, shard_level=settings.retrieval.shard_level)
+        out.update(summary, catalog=catalog, run_id=champion["run_id"])
+        return out
+
+
+def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Sharded FAISS over the fused vectors; raises RecallGateError below the configured recall."""
+    from dataclasses import asdict
+
+    from skulens.retrieval.embed import read_embeddings
+    from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+
+    with stage(settings, PIPELINE, run_id, "build_vector") as out:
+        embedded = _previous(settings, run_id, "embed")
+        folder = _staging(settings, embedded["catalog"], run_id)
+        ids, vectors, keys = read_embeddings(folder / "embeddings.parquet")
+        config = VectorIndexConfig(**settings.retrieval.vector.model_dump())
+        index = ShardedVectorIndex.build(ids, vectors, keys, config, model_version=embedded["model_version"])
+        index.save(folder / "vector")
+        out.update({k: index.manifest[k] for k in ("vectors", "dim", "shards", "merged_categories", "recall@10",
+                                                   "build_s")}, config=asdict(config))
+        return out
+
+
+def build_lexical(settings: Settings, run_id: str) -> dict[str, Any]:
+    from skulens.data.catalog import read_table
+    from skulens.retrieval.lexical import BM25Index, LexicalConfig
+
+    with stage(settings, PIPELINE, run_id, "build_lexical") as out:
+        catalog = _previous(settings, run_id, "embed")["catalog"]
+        index = BM25Index.build(read_table(settings, catalog, "products"),
+                                LexicalConfig(boosts=dict(settings.retrieval.lexical_boosts)))
+        index.save(_staging(settings, catalog, run_id) / "lexical")
+        out.update(documents=len(index.ids), fields=sorted(index.fields))
+        return out
+
+
+def publish(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Write the version manifest and swap ``CURRENT`` to this version (atomic)."""
+    with stage(settings, PIPELINE, run_id, "publish") as out:
+        embedded = _previous(settings, run_id, "embed")
+        vector = _previous(settings, run_id, "build_vector")
+        lexical = _previous(settings, run_id, "build_lexical")
+        store = index_store(settings, embedded["catalog"])
+        previous = store.current_id()
+        manifest = {"version": run_id, "catalog": embedded["catalog"], "model_version": embedded["model_version"],
+                    "embed": embedded, "vector": vector, "lexical": lexical,
+                    "published_at": datetime.now(UTC).isoformat(timespec="seconds"), "previous": previous}
+        (store.staging_path(run_id) / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        store.commit(run_id, keep=settings.retrieval.keep_versions)
+        out.update(version=run_id, previous=previous, catalog=embedded["catalog"], path=str(store.current()))
+        return out
+
+
+def notify_serving(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Tell serving to reload: a ``RELOAD`` file beside ``CURRENT``, and a POST when configured."""
+    with stage(settings, PIPELINE, run_id, "notify_serving") as out:
+        published = _previous(settings, run_id, "publish")
+        marker = settings.home / "indexes" / published["catalog"] / "RELOAD"
+        payload = {"version": published["version"], "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        tmp = marker.with_name(f".RELOAD.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(payload), encoding="utf-8")
+        os.replace(tmp, marker)
+        out.update(marker=str(marker), posted=None)
+        if settings.retrieval.reload_url:
+            import urllib.request
+
+            request = urllib.request.Request(settings.retrieval.reload_url, data=json.dumps(payload).encode(),
+                                             headers={"Content-Type": "application/json"}, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - configured URL
+                    out["posted"] = response.status
+            except OSError as exc:  # serving down: it picks the RELOAD file up when it starts
+                out["posted"] = f"failed: {exc}"
+        return out
+
+
+def rollback(settings: Settings, catalog: str, version: str | None = None) -> str:
+    """Point ``CURRENT`` at ``version`` (default: the version the current one replaced); return it."""
+    store = index_store(settings, catalog)
+    versions = store.list_versions()
+    current = store.current()
+    if version is None:
+        manifest = current / "manifest.json" if current else None
+        previous = json.loads(manifest.read_text(encoding="utf-8")).get("previous") if manifest and \
+            manifest.is_file() else None
+        if previous is None:
+            raise ValueError(f"the current index of {catalog} records no previous version to roll back to")
+        version = previous
+    if version not in versions:
+        raise ValueError(f"index version {version!r} of {catalog} does not exist; known: {', '.join(versions)}")
+    store.set_current(version)
+    return version
+
+
+def report(settings: Settings, run_id: str) -> dict[str, Any]:
+    summary = finish(settings, PIPELINE, run_id, STAGES)
+    if summary["status"] != "success":
+        raise RuntimeError(f"build_index run {run_id} failed at {summary['failed_stage'] or summary['not_run']}: "
+                           f"{summary['error']}")
+    return summary
+
+
+def run_all(settings: Settings, run_id: str, catalog: str | None = None) -> dict[str, Any]:
+    """Every stage in order in this process (what the DAG does, without Airflow)."""
+    try:
+        embed(settings, run_id, catalog)
+        for step in (build_vector, build_lexical, publish, notify_serving):
+            step(settings, run_id)
+    finally:
+        summary = finish(settings, PIPELINE, run_id, STAGES)
+    if summary["status"] != "success":
+        raise RuntimeError(f"build_index run {run_id} failed at {summary['failed_stage']}: {summary['error']}")
+    return summary
