@@ -40,20 +40,29 @@ class EmbeddingMapper:
         meta = getattr(tower, "meta", {}) or {}
         weights = meta.get("fusion_weights") or {}
         self.fusion_weight = float(fusion_weight if fusion_weight is not None else weights.get("full_title", 0.5))
+        self._title_cache: dict[str, np.ndarray] = {}  # catalogues repeat titles (fashion: 30% repeats)
         self.image_session = None
         if image_onnx is not None and Path(image_onnx).is_file():
             from skulens.export.onnx_export import session
 
             self.image_session = session(Path(image_onnx))
 
-    def texts(self, titles: list[str]) -> np.ndarray:
+    def texts(self, titles: list[str], chunk: int = 64) -> np.ndarray:
+        """Title vectors, each distinct title encoded once; with an HF text tower in chunks of similar
+        length, each padded to its own longest title rather than to the context length."""
         import torch
 
-        with torch.inference_mode():
-            if self.tower.spec.separable_towers:  # pad to the batch's longest title, not the context
-                feats = self.tower.text_trunk(self.tower.tokenize_padded(titles))
-                return _norm(self.tower.text_head(feats).float().cpu().numpy())
-        return self.tower.encode_texts(titles)
+        missing = sorted({t for t in titles if t not in self._title_cache}, key=len)
+        if missing and not self.tower.spec.separable_towers:
+            self._title_cache.update(zip(missing, self.tower.encode_texts(missing), strict=True))
+        elif missing:
+            with torch.inference_mode():
+                for s in range(0, len(missing), chunk):
+                    part = missing[s:s + chunk]
+                    feats = self.tower.text_head(self.tower.text_trunk(self.tower.tokenize_padded(part)))
+                    self._title_cache.update(zip(part, _norm(feats.float().cpu().numpy()), strict=True))
+        return np.stack([self._title_cache[t] for t in titles]) if titles else \
+            np.zeros((0, self.tower.embed_dim), np.float32)
 
     def images(self, sources: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """Vectors and a mask of the products whose photo decoded."""

@@ -31,6 +31,9 @@ class LexicalConfig:
     k1: float = 1.5
     b: float = 0.75
     stopwords: str = "en"
+    # Snowball stemmer language (PyStemmer), or None: "drills" then matches "drill" (measured:
+    # docs/benchmarks/lexical.md).
+    stemmer: str | None = "english"
 
 
 def _field_texts(products: pa.Table) -> dict[str, list[str]]:
@@ -43,10 +46,19 @@ def _field_texts(products: pa.Table) -> dict[str, list[str]]:
     }
 
 
-def _tokenize(texts: list[str], stopwords: str):  # noqa: ANN202
+def _stemmer(language: str | None):  # noqa: ANN202
+    if language is None:
+        return None
+    import Stemmer
+
+    return Stemmer.Stemmer(language).stemWords
+
+
+def _tokenize(texts: list[str], config: LexicalConfig):  # noqa: ANN202
     import bm25s
 
-    return bm25s.tokenize(texts, stopwords=stopwords, return_ids=False, show_progress=False)
+    return bm25s.tokenize(texts, stopwords=config.stopwords, stemmer=_stemmer(config.stemmer), return_ids=False,
+                          show_progress=False)
 
 
 class BM25Index:
@@ -73,13 +85,13 @@ class BM25Index:
             if boost <= 0:
                 continue
             index = bm25s.BM25(k1=config.k1, b=config.b)
-            index.index(_tokenize(texts[name], config.stopwords), show_progress=False)
+            index.index(_tokenize(texts[name], config), show_progress=False)
             fields[name] = index
         return cls(products.column("product_id").to_pylist(), fields, _columns(products), config)
 
     def scores(self, query: str, filters: Filters | None = None) -> np.ndarray:
         """BM25 score of every document (filtered-out documents get -inf)."""
-        tokens = _tokenize([query], self.config.stopwords)[0]
+        tokens = _tokenize([query], self.config)[0]
         total = np.zeros(len(self.ids), dtype=np.float32)
         if tokens:
             for name, index in self.fields.items():
