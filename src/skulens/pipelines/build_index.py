@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from skulens.pipelines.runlog import finish, read_log, stage
+from skulens.pipelines.runlog import finish, raise_if_failed, read_log, run_stages, stage
 from skulens.settings import Settings
 from skulens.storage import VersionedDir
 
@@ -158,21 +158,12 @@ def rollback(settings: Settings, catalog: str, version: str | None = None) -> st
 
 
 def report(settings: Settings, run_id: str) -> dict[str, Any]:
-    summary = finish(settings, PIPELINE, run_id, STAGES)
-    if summary["status"] != "success":
-        raise RuntimeError(f"build_index run {run_id} failed at {summary['failed_stage'] or summary['not_run']}: "
-                           f"{summary['error']}")
-    return summary
+    """Write ``latest.json`` for the run; raise if a stage failed or did not run."""
+    return raise_if_failed(finish(settings, PIPELINE, run_id, STAGES))
 
 
 def run_all(settings: Settings, run_id: str, catalog: str | None = None) -> dict[str, Any]:
     """Every stage in order in this process (what the DAG does, without Airflow)."""
-    try:
-        embed(settings, run_id, catalog)
-        for step in (build_vector, build_lexical, publish, notify_serving):
-            step(settings, run_id)
-    finally:
-        summary = finish(settings, PIPELINE, run_id, STAGES)
-    if summary["status"] != "success":
-        raise RuntimeError(f"build_index run {run_id} failed at {summary['failed_stage']}: {summary['error']}")
-    return summary
+    steps = [lambda: embed(settings, run_id, catalog)] + [
+        lambda step=step: step(settings, run_id) for step in (build_vector, build_lexical, publish, notify_serving)]
+    return run_stages(settings, PIPELINE, run_id, steps, STAGES)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from skulens.pipelines.runlog import finish, stage
+from skulens.pipelines.runlog import finish, raise_if_failed, run_stages, stage
 from skulens.settings import Settings
 
 PIPELINE = "catalog_ingest"
@@ -126,21 +126,12 @@ def dbt_build(settings: Settings, run_id: str) -> dict[str, Any]:
 
 def report(settings: Settings, run_id: str) -> dict[str, Any]:
     """Write ``latest.json`` for the run; raise if a stage failed or did not run."""
-    summary = finish(settings, PIPELINE, run_id, STAGES)
-    if summary["status"] != "success":
-        raise RuntimeError(f"catalog_ingest run {run_id} failed at {summary['failed_stage'] or summary['not_run']}: "
-                           f"{summary['error']}")
-    return summary
+    return raise_if_failed(finish(settings, PIPELINE, run_id, STAGES))
 
 
 def run_all(settings: Settings, run_id: str, **params: str | None) -> dict[str, Any]:
     """Run every stage in order in this process (what the DAG does, without Airflow)."""
-    try:
-        validate_raw(settings, run_id, **params)
-        for step in (prepare_catalog, gate_prepared, build_pairs, gate_pairs, dbt_build):
-            step(settings, run_id)
-    finally:
-        summary = finish(settings, PIPELINE, run_id, STAGES)
-    if summary["status"] != "success":
-        raise RuntimeError(f"catalog_ingest run {run_id} failed at {summary['failed_stage']}: {summary['error']}")
-    return summary
+    steps = [lambda: validate_raw(settings, run_id, **params)] + [
+        lambda step=step: step(settings, run_id)
+        for step in (prepare_catalog, gate_prepared, build_pairs, gate_pairs, dbt_build)]
+    return run_stages(settings, PIPELINE, run_id, steps, STAGES)

@@ -12,7 +12,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,3 +81,24 @@ def write_latest(settings: Settings, pipeline: str, run_id: str, summary: dict[s
     """Replace the run's log and ``latest.json`` with an enriched ``summary``."""
     _write_json(runs_dir(settings, pipeline) / f"{run_id}.json", summary)
     _write_json(settings.reports_dir / pipeline / "latest.json", summary)
+
+
+def raise_if_failed(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary, or RuntimeError naming the failed (or never run) stage and its error."""
+    if summary["status"] != "success":
+        where = summary["failed_stage"] or summary["not_run"]
+        raise RuntimeError(f"{summary.get('pipeline')} run {summary.get('run_id')} failed at {where}: "
+                           f"{summary['error']}")
+    return summary
+
+
+def run_stages(settings: Settings, pipeline: str, run_id: str, steps: list[Callable[[], Any]],
+               expected: list[str]) -> dict[str, Any]:
+    """Run ``steps`` in order in this process (what a DAG does, without Airflow), always write the
+    summary, and raise if a stage failed."""
+    try:
+        for step in steps:
+            step()
+    finally:
+        summary = finish(settings, pipeline, run_id, expected)
+    return raise_if_failed(summary)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from skulens.pipelines.runlog import finish, read_log, stage, write_latest
+from skulens.pipelines.runlog import finish, raise_if_failed, read_log, stage, write_latest
 from skulens.settings import Settings
 
 PIPELINE = "train_and_export"
@@ -245,16 +245,9 @@ def _summarise(settings: Settings, run_id: str) -> dict[str, Any]:
     return summary
 
 
-def _check(summary: dict[str, Any], run_id: str) -> dict[str, Any]:
-    if summary["status"] != "success":
-        raise RuntimeError(f"train_and_export run {run_id} failed at {summary['failed_stage'] or summary['not_run']}: "
-                           f"{summary['error']}")
-    return summary
-
-
 def report(settings: Settings, run_id: str) -> dict[str, Any]:
     """Write ``latest.json``; raise if a stage failed or did not run."""
-    return _check(_summarise(settings, run_id), run_id)
+    return raise_if_failed(_summarise(settings, run_id))
 
 
 def run_all(settings: Settings, run_id: str, params: TrainParams | None = None) -> dict[str, Any]:
@@ -267,4 +260,4 @@ def run_all(settings: Settings, run_id: str, params: TrainParams | None = None) 
             step(settings, run_id, params)
     finally:
         summary = _summarise(settings, run_id)
-    return _check(summary, run_id)
+    return raise_if_failed(summary)
