@@ -12,6 +12,50 @@ import typer
 from skulens.cli.common import console, err_console, fail_on_errors, settings_from
 
 app = typer.Typer(help="Run the pipelines (Airflow DAGs) locally.", no_args_is_help=True)
+AirflowOption = Annotated[bool, typer.Option(
+    "--airflow/--no-airflow", help="Run through Airflow's dag.test() (default) or call the stages directly.")]
+
+
+def _print_stages(pipeline_name: str, summary: dict, details: dict | None = None) -> None:
+    """The run's status, then one line per stage (with ``details[stage](result)``) and its error."""
+    colour = "green" if summary["status"] == "success" else "red"
+    console.print(f"\n[bold]{pipeline_name}[/] run {summary['run_id']}: [{colour}]{summary['status']}[/]")
+    width = max((len(n) for n in summary["stages"]), default=0) + 2
+    for name, entry in summary["stages"].items():
+        line = f"  {name:<{width}} {entry['status']:<8} {entry['seconds']:>7.1f} s"
+        result, detail = entry.get("result") or {}, (details or {}).get(name)
+        if detail and result:
+            line += "  " + detail(result)
+        console.print(line, soft_wrap=True, highlight=False)
+        if entry["status"] == "failed":
+            err_console.print(f"    [red]{entry['error']}[/]", soft_wrap=True)
+    if summary.get("not_run"):
+        console.print(f"  not run: {', '.join(summary['not_run'])}")
+
+
+def _gx_line(result: dict) -> str:
+    gx = result["gx"] if isinstance(result["gx"], list) else [result["gx"]]
+    return ", ".join(f"{g['suite']} {g['evaluated']} expectations passed" for g in gx)
+
+
+CATALOG_INGEST_DETAILS = {
+    "validate_raw": lambda r: ", ".join(f"{c}.{t} {v['rows_out']:,}/{v['rows_in']:,} kept"
+                                        for c, tables in r["tables"].items() for t, v in tables.items()),
+    "prepare_catalog": lambda r: (f"{r['products']:,} products, {r['with_valid_photo']:,} valid photos, "
+                                  f"{r['duplicates']:,} near-duplicates, photo rejects {r['photo_rejects_by_rule']}"),
+    "build_pairs": lambda r: (f"image-text {r['image_text_by_split']}, query-product {r['query_product_by_split']}, "
+                              f"leak-dropped {r['leak_dropped']:,}"),
+    "gate_prepared": _gx_line,
+    "gate_pairs": _gx_line,
+    "dbt_build": lambda r: str(r["counts"]),
+}
+BUILD_INDEX_DETAILS = {
+    "embed": lambda r: (f"{r.get('products', 0):,} products ({r.get('with_image', 0):,} with photo), "
+                        f"model {r.get('model_version')}"),
+    "build_vector": lambda r: f"recall@10 {r.get('recall@10')}, shards {r.get('shards')}",
+    "build_lexical": lambda r: f"{r.get('documents', 0):,} documents",
+    "publish": lambda r: f"version {r.get('version')} (previous {r.get('previous')})",
+}
 
 
 def _airflow_env(settings) -> None:  # noqa: ANN001
@@ -61,9 +105,7 @@ def _run(settings, pipeline_name: str, conf: dict, airflow: bool, local, message
 @app.command("catalog-ingest")
 @fail_on_errors
 def catalog_ingest(
-    airflow: Annotated[bool, typer.Option(
-        "--airflow/--no-airflow", help="Run through Airflow's dag.test() (default) or call the stages directly.")]
-    = True,
+    airflow: AirflowOption = True,
     fashion_root: Annotated[Path | None, typer.Option(help="Folder with styles.csv and images/.")] = None,
     homedepot_path: Annotated[Path | None, typer.Option(help="Home Depot-format judgments CSV.")] = None,
 ) -> None:
@@ -88,40 +130,14 @@ def catalog_ingest(
 
 
 def _print_summary(summary: dict, path: Path) -> None:
-    stages = summary["stages"]
-    console.print(f"\n[bold]catalog_ingest[/] run {summary['run_id']}: "
-                  f"[{'green' if summary['status'] == 'success' else 'red'}]{summary['status']}[/]")
-    for name, entry in stages.items():
-        line = f"  {name:<16} {entry['status']:<8} {entry['seconds']:>7.1f} s"
-        result = entry.get("result") or {}
-        if name == "validate_raw" and result:
-            line += "  " + ", ".join(f"{c}.{t} {v['rows_out']:,}/{v['rows_in']:,} kept"
-                                     for c, tables in result["tables"].items() for t, v in tables.items())
-        elif name == "prepare_catalog" and result:
-            line += (f"  {result['products']:,} products, {result['with_valid_photo']:,} valid photos, "
-                     f"{result['duplicates']:,} near-duplicates, photo rejects {result['photo_rejects_by_rule']}")
-        elif name == "build_pairs" and result:
-            line += (f"  image-text {result['image_text_by_split']}, query-product {result['query_product_by_split']}, "
-                     f"leak-dropped {result['leak_dropped']:,}")
-        elif name in ("gate_prepared", "gate_pairs") and result:
-            gx = result["gx"] if isinstance(result["gx"], list) else [result["gx"]]
-            line += "  " + ", ".join(f"{g['suite']} {g['evaluated']} expectations passed" for g in gx)
-        elif name == "dbt_build" and result:
-            line += f"  {result['counts']}"
-        console.print(line, soft_wrap=True, highlight=False)
-        if entry["status"] == "failed":
-            err_console.print(f"    [red]{entry['error']}[/]", soft_wrap=True)
-    if summary.get("not_run"):
-        console.print(f"  not run: {', '.join(summary['not_run'])}")
+    _print_stages("catalog_ingest", summary, CATALOG_INGEST_DETAILS)
     console.print(f"summary: {path}")
 
 
 @app.command("train-and-export")
 @fail_on_errors
 def train_and_export(
-    airflow: Annotated[bool, typer.Option(
-        "--airflow/--no-airflow", help="Run through Airflow's dag.test() (default) or call the stages directly.")]
-    = True,
+    airflow: AirflowOption = True,
     config: Annotated[str, typer.Option(help="Two-tower training config (configs/training/NAME.yaml).")] = "offline",
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the config's epochs.")] = None,
     max_train_products: Annotated[int | None, typer.Option(min=2, help="Train on a subset of products.")] = None,
@@ -154,13 +170,7 @@ def _fmt(value: object) -> str:
 
 
 def _print_train_summary(summary: dict, path: Path) -> None:
-    ok = summary["status"] == "success"
-    colour = "green" if ok else "red"
-    console.print(f"\n[bold]train_and_export[/] run {summary['run_id']}: [{colour}]{summary['status']}[/]")
-    for name, entry in summary["stages"].items():
-        console.print(f"  {name:<18} {entry['status']:<8} {entry['seconds']:>7.1f} s", highlight=False)
-        if entry["status"] == "failed":
-            err_console.print(f"    [red]{entry['error']}[/]", soft_wrap=True)
+    _print_stages("train_and_export", summary)
     info = summary.get("summary", {})
     emb, rr = info.get("embedder", {}), info.get("reranker", {})
     if emb.get("lift"):
@@ -193,9 +203,7 @@ def _print_train_summary(summary: dict, path: Path) -> None:
 @app.command("build-index")
 @fail_on_errors
 def build_index(
-    airflow: Annotated[bool, typer.Option(
-        "--airflow/--no-airflow", help="Run through Airflow's dag.test() (default) or call the stages directly.")]
-    = True,
+    airflow: AirflowOption = True,
     catalog: Annotated[str | None, typer.Option(help="Catalogue to index (default: retrieval.catalog).")] = None,
 ) -> None:
     """Embed the catalogue with the champion embedder, build the category-sharded FAISS index (recall
@@ -212,21 +220,7 @@ def build_index(
 
     summary, latest = _run(settings, "build_index", {"catalog": catalog}, airflow, local,
                            "running build_index (champion embedder, FAISS, BM25) ...")
-    colour = "green" if summary["status"] == "success" else "red"
-    console.print(f"\n[bold]build_index[/] run {summary['run_id']}: [{colour}]{summary['status']}[/]")
-    for name, entry in summary["stages"].items():
-        result = entry.get("result") or {}
-        detail = {"embed": lambda r: f"{r.get('products', 0):,} products ({r.get('with_image', 0):,} with photo), "
-                                     f"model {r.get('model_version')}",
-                  "build_vector": lambda r: f"recall@10 {r.get('recall@10')}, shards {r.get('shards')}",
-                  "build_lexical": lambda r: f"{r.get('documents', 0):,} documents",
-                  "publish": lambda r: f"version {r.get('version')} (previous {r.get('previous')})"}.get(name)
-        line = f"  {name:<15} {entry['status']:<8} {entry['seconds']:>7.1f} s"
-        if detail and result:
-            line += "  " + detail(result)
-        console.print(line, highlight=False, soft_wrap=True)
-        if entry["status"] == "failed":
-            err_console.print(f"    [red]{entry['error']}[/]", soft_wrap=True)
+    _print_stages("build_index", summary, BUILD_INDEX_DETAILS)
     console.print(f"summary: {latest}")
     if summary["status"] != "success":
         raise typer.Exit(code=1)

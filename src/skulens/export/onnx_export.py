@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _export(module, example: tuple, path: Path, input_names: list[str], output_name: str,  # noqa: ANN001
+def export_module(module, example: tuple, path: Path, input_names: list[str], output_name: str,  # noqa: ANN001
             dynamic_seq: bool = False) -> Path:
     import torch
 
@@ -66,8 +66,8 @@ def export_two_tower(tower, out_dir: Path) -> dict[str, Path]:  # noqa: ANN001 -
     tokens = tower.tokenize(["a red shirt for men", "blue running shoes"]).cpu()
     pixels = torch.zeros(2, 3, tower.image_size, tower.image_size)
     return {
-        "text": _export(TextEncoder(), (tokens,), out_dir / "text.onnx", ["input_ids"], "text_embedding"),
-        "image": _export(ImageEncoder(), (pixels,), out_dir / "image.onnx", ["pixels"], "image_embedding"),
+        "text": export_module(TextEncoder(), (tokens,), out_dir / "text.onnx", ["input_ids"], "text_embedding"),
+        "image": export_module(ImageEncoder(), (pixels,), out_dir / "image.onnx", ["pixels"], "image_embedding"),
     }
 
 
@@ -95,7 +95,7 @@ def export_reranker(model_dir: Path, out_dir: Path) -> Path:
             return self.model(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).logits.squeeze(-1)
 
-    return _export(Scorer(), tuple(enc[n] for n in names), out_dir / "reranker.onnx", names, "rerank_score",
+    return export_module(Scorer(), tuple(enc[n] for n in names), out_dir / "reranker.onnx", names, "rerank_score",
                    dynamic_seq=True)
 
 

@@ -100,9 +100,11 @@ def export_embedder(bundle: Path, out_dir: Path, *, texts: list[str], images: li
     calib = np.stack([tower.load_image(i).numpy() for i in calibration_images]).astype(np.float32)
     ref_text = run(session(fp32["text"], threads), input_ids=tokens)
     ref_image = run(session(fp32["image"], threads), pixels=pixels)
-    torch_text = tower.encode_texts(texts)
-    export_diff = float(max(np.abs(ref_text - torch_text).max(),
-                            np.abs(ref_image - tower.encode_images(images)).max()))
+    import torch
+
+    with torch.inference_mode():  # the same decoded pixels, not a second decode
+        torch_image = tower.model.encode_image(torch.from_numpy(pixels), normalize=True).numpy()
+    export_diff = float(max(np.abs(ref_text - tower.encode_texts(texts)).max(), np.abs(ref_image - torch_image).max()))
 
     text_candidates = {"fp32": fp32["text"],
                        "dynamic": quantize_dynamic_int8(fp32["text"], out_dir / "text.int8-dynamic.onnx")}

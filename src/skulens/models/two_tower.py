@@ -30,7 +30,7 @@ class ImageError(ValueError):
     """An image that cannot be decoded or is unsafe to decode (decompression bomb)."""
 
 
-def _import_open_clip():  # noqa: ANN202
+def import_open_clip():  # noqa: ANN202
     from skulens.compat import ensure_torchvision_ops
 
     ensure_torchvision_ops()
@@ -43,7 +43,7 @@ def _register(spec: ModelSpec, cache_dir: Path) -> None:
     """Make ``spec.model_cfg`` known to open_clip under ``spec.open_clip_name``."""
     if spec.model_cfg is None:
         return
-    open_clip = _import_open_clip()
+    open_clip = import_open_clip()
     folder = cache_dir / "open_clip_configs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec.open_clip_name}.json"
@@ -72,7 +72,7 @@ class TwoTower:
               load_pretrained: bool = True) -> TwoTower:
         """Build the model of ``spec`` with its initial weights (pretrained tag, checkpoint or packaged)."""
         spec = get_spec(spec) if isinstance(spec, str) else spec
-        open_clip = _import_open_clip()
+        open_clip = import_open_clip()
         _register(spec, cache_dir)
         kwargs: dict[str, Any] = {}
         if spec.preprocess is not None:
@@ -176,7 +176,7 @@ class TwoTower:
 
     @property
     def embed_dim(self) -> int:
-        return int(_import_open_clip().get_model_config(self.spec.open_clip_name)["embed_dim"])
+        return int(import_open_clip().get_model_config(self.spec.open_clip_name)["embed_dim"])
 
     # -- separable towers: frozen trunk features + trainable heads -----------------------------
     def _need_separable(self) -> None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from skulens.pipelines.runlog import finish, raise_if_failed, read_log, run_stages, stage
+from skulens.pipelines.runlog import finish, raise_if_failed, run_stages, stage, stage_result
 from skulens.settings import Settings
 from skulens.storage import VersionedDir
 
@@ -38,10 +38,7 @@ def _staging(settings: Settings, catalog: str, run_id: str) -> Path:
 
 
 def _previous(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
-    entry = read_log(settings, PIPELINE, run_id)["stages"].get(name)
-    if not entry or entry.get("status") != "success":
-        raise RuntimeError(f"stage {name} of run {run_id} has not succeeded; run it first")
-    return entry["result"]
+    return stage_result(settings, PIPELINE, run_id, name)
 
 
 def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[str, Any]:

@@ -59,8 +59,18 @@ def stage(settings: Settings, pipeline: str, run_id: str, name: str) -> Iterator
         _write_json(runs_dir(settings, pipeline) / f"{run_id}.json", log)
 
 
-def finish(settings: Settings, pipeline: str, run_id: str, expected: list[str]) -> dict[str, Any]:
-    """Write ``latest.json`` from the run log; its ``status`` is success only if every stage succeeded."""
+def stage_result(settings: Settings, pipeline: str, run_id: str, name: str) -> dict[str, Any]:
+    """The result an earlier stage of this run recorded; RuntimeError if it has not succeeded."""
+    entry = read_log(settings, pipeline, run_id)["stages"].get(name)
+    if not entry or entry.get("status") != "success":
+        raise RuntimeError(f"stage {name} of run {run_id} has not succeeded; run it first")
+    return entry["result"]
+
+
+def finish(settings: Settings, pipeline: str, run_id: str, expected: list[str],
+           enrich: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write ``latest.json`` from the run log; its ``status`` is success only if every stage succeeded.
+    ``enrich(log)`` may return a ``summary`` section (the pipeline's headline figures)."""
     log = read_log(settings, pipeline, run_id)
     stages = log["stages"]
     failed = [name for name in expected if stages.get(name, {}).get("status") == "failed"]
@@ -72,15 +82,11 @@ def finish(settings: Settings, pipeline: str, run_id: str, expected: list[str]) 
         not_run=missing,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    if enrich is not None:
+        log["summary"] = enrich(log)
     _write_json(runs_dir(settings, pipeline) / f"{run_id}.json", log)
     _write_json(settings.reports_dir / pipeline / "latest.json", log)
     return log
-
-
-def write_latest(settings: Settings, pipeline: str, run_id: str, summary: dict[str, Any]) -> None:
-    """Replace the run's log and ``latest.json`` with an enriched ``summary``."""
-    _write_json(runs_dir(settings, pipeline) / f"{run_id}.json", summary)
-    _write_json(settings.reports_dir / pipeline / "latest.json", summary)
 
 
 def raise_if_failed(summary: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from skulens.pipelines.runlog import finish, raise_if_failed, read_log, stage, write_latest
+from skulens.pipelines.runlog import finish, raise_if_failed, stage, stage_result
 from skulens.settings import Settings
 
 PIPELINE = "train_and_export"
@@ -38,10 +38,7 @@ class TrainParams:
 
 
 def _previous(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
-    entry = read_log(settings, PIPELINE, run_id)["stages"].get(name)
-    if not entry or entry.get("status") != "success":
-        raise RuntimeError(f"stage {name} of run {run_id} has not succeeded; run it first")
-    return entry["result"]
+    return stage_result(settings, PIPELINE, run_id, name)
 
 
 def pairs_dir(settings: Settings) -> Path:
@@ -218,15 +215,14 @@ def gate_reranker(settings: Settings, run_id: str, params: TrainParams) -> dict[
 
 
 # -- whole run -------------------------------------------------------------------------------
-def _summarise(settings: Settings, run_id: str) -> dict[str, Any]:
-    """Write ``latest.json`` (before/after, parity, gates, versions) and return it."""
-    summary = finish(settings, PIPELINE, run_id, STAGES)
-    stages = summary["stages"]
+def _headline(log: dict[str, Any]) -> dict[str, Any]:
+    """Before/after, parity, gates and versions, picked from the stage results of the run log."""
+    stages = log["stages"]
 
     def result(name: str) -> dict[str, Any]:
         return stages.get(name, {}).get("result", {}) or {}
 
-    summary["summary"] = {
+    return {
         "embedder": {
             "lift": result("evaluate_embedder").get("lift"),
             "parity": {k: result("export_embedder").get(k) for k in ("int8_served", "recall@10", "reasons", "served")},
@@ -241,8 +237,11 @@ def _summarise(settings: Settings, run_id: str) -> dict[str, Any]:
             "gate": {k: result("gate_reranker").get(k) for k in ("promoted", "reasons", "champion_after")},
         },
     }
-    write_latest(settings, PIPELINE, run_id, summary)
-    return summary
+
+
+def _summarise(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Write ``latest.json`` (with the headline figures) and return it."""
+    return finish(settings, PIPELINE, run_id, STAGES, enrich=_headline)
 
 
 def report(settings: Settings, run_id: str) -> dict[str, Any]:

@@ -26,10 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skulens.models.two_tower import ImageError, TwoTower
-
-
-def _norm(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from skulens.vectors import normalise as _norm
 
 
 class EmbeddingMapper:
@@ -47,20 +44,21 @@ class EmbeddingMapper:
 
             self.image_session = session(Path(image_onnx))
 
-    def texts(self, titles: list[str], chunk: int = 64) -> np.ndarray:
-        """Title vectors, each distinct title encoded once; with an HF text tower in chunks of similar
-        length, each padded to its own longest title rather than to the context length."""
+    def texts(self, titles: list[str]) -> np.ndarray:
+        """Title vectors, each distinct title encoded once; with an HF text tower through the trunk
+        features (batched by length, padded to the batch's longest title) and the head."""
         import torch
 
-        missing = sorted({t for t in titles if t not in self._title_cache}, key=len)
+        from skulens.training.features import text_trunk_features
+
+        missing = sorted({t for t in titles if t not in self._title_cache})
         if missing and not self.tower.spec.separable_towers:
             self._title_cache.update(zip(missing, self.tower.encode_texts(missing), strict=True))
         elif missing:
+            feats = text_trunk_features(self.tower, missing, batch_size=64, progress=False)
             with torch.inference_mode():
-                for s in range(0, len(missing), chunk):
-                    part = missing[s:s + chunk]
-                    feats = self.tower.text_head(self.tower.text_trunk(self.tower.tokenize_padded(part)))
-                    self._title_cache.update(zip(part, _norm(feats.float().cpu().numpy()), strict=True))
+                vectors = self.tower.text_head(torch.from_numpy(feats).to(self.tower.device)).float().cpu().numpy()
+            self._title_cache.update(zip(missing, _norm(vectors), strict=True))
         return np.stack([self._title_cache[t] for t in titles]) if titles else \
             np.zeros((0, self.tower.embed_dim), np.float32)
 

@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from skulens.vectors import normalise as _normalise
+
 MERGED = "_merged"
 
 
@@ -47,11 +49,6 @@ class VectorIndexConfig:
     min_recall: float = 0.95
     gate_queries: int = 500
     seed: int = 13
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _new_index(dim: int, size: int, config: VectorIndexConfig):  # noqa: ANN202 - faiss.Index

@@ -24,6 +24,7 @@ import numpy as np
 from skulens.evaluation import dense_run, evaluate
 from skulens.evaluation.metrics import Qrels
 from skulens.training.data import ProductSet
+from skulens.vectors import normalise
 
 FUSION_GRID = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
 KEYS = ("article_type", "colour", "gender")
@@ -58,10 +59,6 @@ def attribute_queries(products: ProductSet, max_queries: int | None = None, seed
     return texts, qrels
 
 
-def _norm(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def _ndcg(query_vecs: np.ndarray, qrels: Qrels, ids: list[str], docs: np.ndarray) -> float:
     qids = list(qrels)
     return evaluate(qrels, dense_run(qids, query_vecs, ids, docs, k=10), ["nDCG@10"])["nDCG@10"]
@@ -82,7 +79,7 @@ def evaluate_split(products: ProductSet, emb: SplitEmbeddings, qrels: Qrels,
         if emb.images is None:
             continue
         grid = FUSION_GRID if fusion_weights is None else (fusion_weights[setting],)
-        scored = {w: _ndcg(emb.queries, qrels, ids, _norm(w * emb.images + (1 - w) * titles)) for w in grid}
+        scored = {w: _ndcg(emb.queries, qrels, ids, normalise(w * emb.images + (1 - w) * titles)) for w in grid}
         best = max(scored, key=lambda w: (scored[w], -w))
         chosen[setting] = float(best)
         metrics[f"{setting}_fused_nDCG@10"] = scored[best]

@@ -35,10 +35,10 @@ class TrunkFeatures:
     attribute_texts: np.ndarray
 
 
-def _tqdm(total: int, desc: str):  # noqa: ANN202
+def _tqdm(total: int, desc: str, enabled: bool = True):  # noqa: ANN202
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="item", disable=os.environ.get("SKULENS_PROGRESS") == "0")
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled or os.environ.get("SKULENS_PROGRESS") == "0")
 
 
 def _onnx_trunk(model: TwoTower, cache_dir: Path, example):  # noqa: ANN001, ANN202
@@ -49,7 +49,7 @@ def _onnx_trunk(model: TwoTower, cache_dir: Path, example):  # noqa: ANN001, ANN
     import torch
     from torch import nn
 
-    from skulens.export.onnx_export import _export, session
+    from skulens.export.onnx_export import export_module, session
 
     h = hashlib.sha256()
     for key, tensor in sorted(model.model.visual.trunk.state_dict().items()):
@@ -68,7 +68,7 @@ def _onnx_trunk(model: TwoTower, cache_dir: Path, example):  # noqa: ANN001, ANN
                 return self.trunk(pixels)
 
         tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.onnx")
-        _export(Trunk(), (example[:2].cpu(),), tmp, ["pixels"], "trunk_features")
+        export_module(Trunk(), (example[:2].cpu(),), tmp, ["pixels"], "trunk_features")
         os.replace(tmp, path)
     with torch.inference_mode():
         model.model.visual.trunk.eval()
@@ -101,7 +101,8 @@ def image_trunk_features(model: TwoTower, images: Sequence[str | bytes], batch_s
     return np.concatenate(out).astype(np.float32)
 
 
-def text_trunk_features(model: TwoTower, texts: Sequence[str], batch_size: int = 256, desc: str = "text") -> np.ndarray:
+def text_trunk_features(model: TwoTower, texts: Sequence[str], batch_size: int = 256, desc: str = "text",
+                        progress: bool = True) -> np.ndarray:
     """Mean-pooled features; texts are batched by length and padded to the longest of their batch
     (the masked mean ignores padding, and titles are far shorter than the context length)."""
     import torch
@@ -109,7 +110,7 @@ def text_trunk_features(model: TwoTower, texts: Sequence[str], batch_size: int =
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), 0), np.float32)
     model.model.text.transformer.eval()
-    with torch.inference_mode(), _tqdm(len(texts), f"text trunk features ({desc})") as bar:
+    with torch.inference_mode(), _tqdm(len(texts), f"text trunk features ({desc})", progress) as bar:
         for start in range(0, len(texts), batch_size):
             rows = order[start:start + batch_size]
             feats = model.text_trunk(model.tokenize_padded([texts[i] for i in rows])).float().cpu().numpy()

@@ -39,7 +39,7 @@ class RerankerTrainConfig(BaseModel):
     # pointwise: binary cross-entropy on the scaled grade. listwise: batches of whole queries, a
     # softmax cross-entropy between the candidates' scores and their grades (ListNet) plus
     # `bce_weight` x the pointwise loss (keeps scores comparable across queries).
-    loss: Literal["pointwise", "listwise"] = "listwise"
+    loss: Literal["pointwise", "listwise"] = "pointwise"
     list_temperature: float = Field(0.5, gt=0)
     bce_weight: float = Field(0.5, ge=0)
     seed: int = 13

@@ -29,10 +29,7 @@ from skulens.evaluation import dense_run, evaluate
 from skulens.models.two_tower import TwoTower
 from skulens.settings import Settings
 from skulens.training.reranker import grade_to_rel, judged_pairs, product_titles
-
-
-def _norm(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from skulens.vectors import normalise as _norm
 
 
 def _scores(qrels: dict, queries: list[str], qv: np.ndarray, ids: list[str], docs: np.ndarray) -> dict[str, float]:
@@ -57,7 +54,7 @@ def train_query_tower(settings: Settings, *, bundle: Path, pairs_dir: Path, out_
     from skulens.training.features import text_trunk_features
 
     ensure_torchvision_ops()
-    from skulens.models.two_tower import _import_open_clip
+    from skulens.models.two_tower import import_open_clip
 
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -105,7 +102,7 @@ def train_query_tower(settings: Settings, *, bundle: Path, pairs_dir: Path, out_
     head = tower.model.text.proj
     before = {"text_only_minilm": evaluate_head(None), "image_text_head": evaluate_head(head)}
     # The head as trained on image-text pairs is the starting point; it is what serving used before.
-    loss_fn = _import_open_clip().ClipLoss()
+    loss_fn = import_open_clip().ClipLoss()
     scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     optimizer = torch.optim.AdamW(list(head.parameters()) + [scale], lr=lr, weight_decay=0.01)
     pairs = np.array([(query_row[q], title_row[p]) for q, p in train])

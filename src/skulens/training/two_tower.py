@@ -82,9 +82,9 @@ def score_summary(metrics: dict[str, float]) -> float:
 
 
 def _loss_fn(cfg: TwoTowerTrainConfig, d: Dist):  # noqa: ANN202
-    from skulens.models.two_tower import _import_open_clip
+    from skulens.models.two_tower import import_open_clip
 
-    open_clip = _import_open_clip()
+    open_clip = import_open_clip()
     if cfg.loss == "siglip":
         return open_clip.SigLipLoss(rank=d.rank, world_size=d.world)
     return open_clip.ClipLoss(local_loss=d.world > 1, gather_with_grad=d.world > 1, rank=d.rank, world_size=d.world)
@@ -149,7 +149,8 @@ def _train_mode(tower: TwoTower, cfg: TwoTowerTrainConfig) -> None:
         tower.model.text.transformer.eval()
 
 
-def _embed(tower: TwoTower, products: ProductSet, query_texts: list[str], feats=None) -> SplitEmbeddings:  # noqa: ANN001
+def _embed(tower: TwoTower, products: ProductSet, query_texts: list[str], feats=None,  # noqa: ANN001
+           query_feats: np.ndarray | None = None) -> SplitEmbeddings:
     """Normalised vectors of a split: heads over cached features, or the full encoders."""
     import torch
 
@@ -162,7 +163,7 @@ def _embed(tower: TwoTower, products: ProductSet, query_texts: list[str], feats=
 
             from skulens.training.features import text_trunk_features
 
-            q = text_trunk_features(tower, query_texts, desc="queries")
+            q = query_feats if query_feats is not None else text_trunk_features(tower, query_texts, desc="queries")
             return SplitEmbeddings(images=head(feats.images, tower.image_head),
                                    titles=head(feats.titles, tower.text_head),
                                    degraded_titles=head(feats.degraded_titles, tower.text_head),
@@ -214,7 +215,7 @@ def train_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, pairs_dir: 
     import torch
 
     from skulens.data.catalog import read_table
-    from skulens.training.features import split_features
+    from skulens.training.features import split_features, text_trunk_features
 
     started = time.perf_counter()
     device = _device(cfg)
@@ -244,7 +245,9 @@ def train_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, pairs_dir: 
     val_q, val_qrels = attribute_queries(val, cfg.max_eval_queries, cfg.seed)
 
     # Baseline 1, the untrained projections: the model exactly as built, before any step.
-    base_val, base_w = evaluate_split(val, _embed(tower, val, val_q, feats.get("val")), val_qrels)
+    # The trunks are frozen on the heads path: the validation queries' features never change.
+    val_qf = text_trunk_features(tower, val_q, desc="queries") if cfg.precompute_features else None
+    base_val, base_w = evaluate_split(val, _embed(tower, val, val_q, feats.get("val"), val_qf), val_qrels)
 
     _lock(tower, cfg)
     module = _make_module(tower, cfg).to(device)
@@ -319,7 +322,7 @@ def train_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, pairs_dir: 
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                                   "lr": scheduler.get_last_lr()[0]}
         if d.main:
-            metrics, weights = evaluate_split(val, _embed(tower, val, val_q, feats.get("val")), val_qrels)
+            metrics, weights = evaluate_split(val, _embed(tower, val, val_q, feats.get("val"), val_qf), val_qrels)
             record.update({f"val_{k}": v for k, v in metrics.items()})
             score = score_summary(metrics)
             if score > best["score"]:
