@@ -180,6 +180,7 @@ class VectorIndexSettings(_Model):
     route_margin: float = Field(0.1, ge=0)
     min_recall: float = Field(0.95, ge=0, le=1)
     gate_queries: int = Field(500, ge=10)
+    exact_filter_below: int = Field(2000, ge=0)
 
 
 class RetrievalSettings(_Model):

@@ -31,6 +31,7 @@ def test_bm25_ranks_title_matches_and_boosts_fields():
     index = BM25Index.build(_products())
     ids = [pid for pid, _ in index.search("drill", k=10)]
     assert set(ids) == {"p1", "p2", "p5"}
+    assert [pid for pid, _ in index.search("drills", k=10)][:1] != []  # stemmed: "drills" finds "drill"
     assert [pid for pid, _ in index.search("yellow", k=1)] == ["p4"]  # title (boost 2) beats attribute only
     assert index.search("", k=5) == [] and index.search("zzzz", k=5) == []
 
@@ -45,11 +46,21 @@ def test_filters_apply_before_the_top_k():
     assert [pid for pid, _ in index.search("yellow", k=5, filters=Filters.parse({"price_min": 0}))] == ["p1"]
 
 
-def test_save_and_load_give_the_same_results(tmp_path):
-    index = BM25Index.build(_products(), LexicalConfig(boosts={"title": 1.0, "attributes": 0.5}))
-    loaded = BM25Index.load(index.save(tmp_path / "bm25"))
-    for query in ("drill", "red hose", "yellow"):
+def test_saved_index_loads_with_the_same_results(tmp_path):
+    index = BM25Index.build(_products(), LexicalConfig(boosts={"title": 1.0, "attributes": 0.5}), tmp_path / "bm25")
+    loaded = BM25Index.load(tmp_path / "bm25")
+    assert loaded.documents == 5 and loaded.manifest["documents"] == 5
+    for query in ("drill", "red hose", "yellow", "Drills!"):
         assert loaded.search(query, k=5) == index.search(query, k=5)
+    with pytest.raises(FileNotFoundError, match="no lexical index here"):
+        BM25Index.load(tmp_path / "missing")
+
+
+def test_query_syntax_is_plain_words_and_excluded_ids_never_return():
+    index = BM25Index.build(_products())
+    assert index.search("drill AND NOT title:(hose", k=5)  # operators and syntax characters are just words
+    ids = [pid for pid, _ in index.search("drill", k=5, exclude={"p1", "p5"})]
+    assert ids == ["p2"]
 
 
 @pytest.mark.parametrize(("raw", "message"), [

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from skulens.retrieval.filters import FilterColumns, Filters
 from skulens.retrieval.vector_index import MERGED, RecallGateError, ShardedVectorIndex, VectorIndexConfig
 
 
@@ -63,3 +64,42 @@ def test_inputs_are_validated():
         ShardedVectorIndex.build(["a"], np.zeros((2, 4), np.float32), ["x", "y"])
     with pytest.raises(ValueError, match="unique"):
         ShardedVectorIndex.build(["a", "a"], np.ones((2, 4), np.float32), ["x", "x"])
+
+
+def _columns(n: int) -> FilterColumns:
+    """Every 7th product is red; prices 0..n-1; category = id parity."""
+    return FilterColumns(categories=[["Even" if i % 2 == 0 else "Odd"] for i in range(n)],
+                         prices=np.arange(n, dtype=np.float64),
+                         attributes=[{"colour": "red" if i % 7 == 0 else "blue"} for i in range(n)])
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "hnsw_sq8"])
+def test_filters_and_exclusions_apply_inside_the_search(tmp_path, kind):
+    ids, vectors, keys = _clustered()
+    config = VectorIndexConfig(min_shard_size=100, gate_queries=100, kind=kind, exact_filter_below=50)
+    index = ShardedVectorIndex.build(ids, vectors, keys, config, columns=_columns(len(ids)))
+    index = ShardedVectorIndex.load(index.save(tmp_path / "v"))
+    query = vectors[3]
+    # Selective filter (exact path) and a broad one (HNSW with a selector): k results, all passing.
+    red = index.search(query, k=10, filters=Filters.parse({"attributes": {"Colour": "RED"}, "price_max": 300}))[0]
+    assert len(red) == 10 and all(int(pid[1:]) % 7 == 0 and int(pid[1:]) <= 300 for pid, _ in red)
+    odd = index.search(query, k=10, filters=Filters.parse({"category": "odd"}))[0]
+    assert len(odd) == 10 and all(int(pid[1:]) % 2 == 1 for pid, _ in odd)
+    # The filtered result equals exact search over the passing rows (nothing lost to truncation).
+    mask = np.array([int(p[1:]) % 7 == 0 and int(p[1:]) <= 300 for p in ids])
+    normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact = [ids[i] for i in np.argsort(-np.where(mask, normed @ (query / np.linalg.norm(query)), -9))[:10]]
+    got = [pid for pid, _ in red]
+    assert got == exact if kind == "hnsw" else len(set(got) & set(exact)) >= 9  # SQ8: decoded vectors
+    top = [pid for pid, _ in index.search(query, k=5)[0]]
+    hits = index.search(query, k=5, exclude=set(top[:2]))[0]
+    assert not {pid for pid, _ in hits} & set(top[:2]) and len(hits) == 5
+    assert index.search(query, k=5, filters=Filters.parse({"category": "nowhere"}))[0] == []
+    assert np.allclose(index.vectors(["p3"])[0], normed[3], atol=0.02)
+
+
+def test_filtering_an_index_without_columns_is_a_clear_error():
+    ids, vectors, keys = _clustered()
+    index = ShardedVectorIndex.build(ids, vectors, keys, VectorIndexConfig(min_shard_size=100, gate_queries=50))
+    with pytest.raises(ValueError, match="built without filter columns"):
+        index.search(vectors[0], filters=Filters.parse({"category": "x"}))

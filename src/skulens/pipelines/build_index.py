@@ -68,7 +68,9 @@ def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
     """Sharded FAISS over the fused vectors; raises RecallGateError below the configured recall."""
     from dataclasses import asdict
 
+    from skulens.data.catalog import read_table
     from skulens.retrieval.embed import read_embeddings
+    from skulens.retrieval.filters import FilterColumns
     from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
 
     with stage(settings, PIPELINE, run_id, "build_vector") as out:
@@ -76,7 +78,9 @@ def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
         folder = _staging(settings, embedded["catalog"], run_id)
         ids, vectors, keys = read_embeddings(folder / "embeddings.parquet")
         config = VectorIndexConfig(**settings.retrieval.vector.model_dump())
-        index = ShardedVectorIndex.build(ids, vectors, keys, config, model_version=embedded["model_version"])
+        columns = FilterColumns.from_products(read_table(settings, embedded["catalog"], "products"), order=ids)
+        index = ShardedVectorIndex.build(ids, vectors, keys, config, model_version=embedded["model_version"],
+                                         columns=columns)
         index.save(folder / "vector")
         out.update({k: index.manifest[k] for k in ("vectors", "dim", "shards", "merged_categories", "recall@10",
                                                    "build_s")}, config=asdict(config))
@@ -90,9 +94,10 @@ def build_lexical(settings: Settings, run_id: str) -> dict[str, Any]:
     with stage(settings, PIPELINE, run_id, "build_lexical") as out:
         catalog = _previous(settings, run_id, "embed")["catalog"]
         index = BM25Index.build(read_table(settings, catalog, "products"),
-                                LexicalConfig(boosts=dict(settings.retrieval.lexical_boosts)))
-        index.save(_staging(settings, catalog, run_id) / "lexical")
-        out.update(documents=len(index.ids), fields=sorted(index.fields))
+                                LexicalConfig(boosts=dict(settings.retrieval.lexical_boosts)),
+                                folder=_staging(settings, catalog, run_id) / "lexical")
+        out.update(documents=index.documents, engine=index.manifest["engine"], build_s=index.manifest["build_s"],
+                   boosts=dict(index.config.boosts))
         return out
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 KNOWN = ("category", "price_min", "price_max", "attributes")
 
@@ -19,7 +21,8 @@ class FilterError(ValueError):
 class Filters:
     """``category``: a category name at any level of the path (case-insensitive); ``price_min`` /
     ``price_max``: inclusive bounds (products without a price never match a price filter);
-    ``attributes``: exact (case-insensitive) attribute values, all of which must match."""
+    ``attributes``: exact attribute values (names and values case-insensitive), all of which must
+    match."""
 
     category: str | None = None
     price_min: float | None = None
@@ -75,6 +78,37 @@ class FilterColumns:
             if filters.price_max is not None:
                 keep &= self.prices <= filters.price_max
         for name, value in filters.attributes.items():
-            wanted = value.casefold()
-            keep &= np.array([(a.get(name) or "").casefold() == wanted for a in self.attributes], dtype=bool)
+            key, wanted = name.casefold(), value.casefold()
+            keep &= np.array([any(k.casefold() == key and (v or "").casefold() == wanted for k, v in a.items())
+                              for a in self.attributes], dtype=bool)
         return keep
+
+    def take(self, rows: np.ndarray) -> FilterColumns:
+        """The columns of the documents at ``rows``, in that order."""
+        return FilterColumns([self.categories[i] for i in rows], self.prices[rows],
+                             [self.attributes[i] for i in rows])
+
+    @classmethod
+    def from_products(cls, products: pa.Table, order: Sequence[str] | None = None) -> FilterColumns:
+        """Filter columns of a canonical ``products`` table, in ``order`` (product ids) if given."""
+        if order is not None:
+            position = {pid: i for i, pid in enumerate(products.column("product_id").to_pylist())}
+            missing = [pid for pid in order if pid not in position]
+            if missing:
+                raise ValueError(f"{len(missing)} indexed products are not in the catalogue, e.g. {missing[0]!r}")
+            products = products.take(pa.array([position[pid] for pid in order], pa.int64()))
+        prices = products.column("price").to_pylist()
+        return cls(
+            categories=[list(c or []) for c in products.column("category_path").to_pylist()],
+            prices=np.array([np.nan if p is None else p for p in prices], dtype=np.float64),
+            attributes=[{k: v for k, v in (a or []) if v} for a in products.column("attributes").to_pylist()])
+
+    def to_table(self) -> pa.Table:
+        return pa.table({"categories": [list(c) for c in self.categories], "price": self.prices,
+                         "attributes": [json.dumps(dict(a), sort_keys=True) for a in self.attributes]})
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> FilterColumns:
+        return cls(categories=table.column("categories").to_pylist(),
+                   prices=np.asarray(table.column("price").to_numpy(zero_copy_only=False), dtype=np.float64),
+                   attributes=[json.loads(a) for a in table.column("attributes").to_pylist()])

@@ -1,155 +1,184 @@
-"""Lexical retrieval: BM25 (bm25s) over titles, attributes and categories, with field boosts and filters.
+"""Lexical retrieval: BM25 on tantivy over titles, attributes and categories, with field boosts and filters.
 
-One bm25s index per field; a document's score is ``sum(boost[f] * bm25_f(query, doc))``. Filters
-are a mask applied to the scores before the top-k is taken, so a filtered search returns the best
-matching documents among those that pass, never a truncated list with holes.
+tantivy was chosen over bm25s on the real Home Depot queries (higher nDCG@10 and 2x lower latency:
+docs/benchmarks/lexical.md, reasons in docs/retrieval.md). One tantivy index holds every field:
 
-An index folder holds ``fields/<name>/`` (bm25s files), ``docs.parquet`` (ids and filter columns)
-and ``manifest.json`` (boosts, counts, build time).
+* ``title``, ``attributes``, ``category``: English-stemmed text; a query is the disjunction of its
+  words over these fields, each field's BM25 scaled by its boost (``LexicalConfig.boosts``).
+* ``category_key``, ``attr`` (``name=value``), ``price``: the filter fields, matched *inside* the
+  search as zero-score clauses, so a filtered search returns the best matches among the documents
+  that pass, never a truncated list with holes.
+* ``id``: the product id (stored, exact), also used to exclude deleted products (tombstones).
+
+An index folder holds ``tantivy/`` (the engine's files) and ``manifest.json`` (boosts, counts,
+build time).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from skulens.retrieval.filters import FilterColumns, Filters
+from skulens.retrieval.filters import Filters
 
 DEFAULT_BOOSTS = {"title": 2.0, "attributes": 1.0, "category": 0.5}
+TEXT_FIELDS = ("title", "attributes", "category")
+_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
 class LexicalConfig:
     boosts: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_BOOSTS))
-    k1: float = 1.5
-    b: float = 0.75
-    stopwords: str = "en"
-    # Snowball stemmer language (PyStemmer), or None: "drills" then matches "drill" (measured:
-    # docs/benchmarks/lexical.md).
-    stemmer: str | None = "english"
+    # tantivy analyser of the text fields: "en_stem" (lower-case + Snowball English; "drills" matches
+    # "drill") or "default" (lower-case only). Measured: docs/benchmarks/lexical.md.
+    tokenizer: str = "en_stem"
+    writer_heap_mb: int = 200
 
 
-def _field_texts(products: pa.Table) -> dict[str, list[str]]:
-    attrs = products.column("attributes").to_pylist()
-    cats = products.column("category_path").to_pylist()
-    return {
-        "title": [t or "" for t in products.column("title").to_pylist()],
-        "attributes": [" ".join(v for _, v in (a or []) if v) for a in attrs],
-        "category": [" ".join(c or []) for c in cats],
-    }
+def _schema(config: LexicalConfig):  # noqa: ANN202 - tantivy.Schema
+    import tantivy
+
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("id", stored=True, tokenizer_name="raw")
+    for name in TEXT_FIELDS:
+        builder.add_text_field(name, stored=False, tokenizer_name=config.tokenizer)
+    builder.add_text_field("category_key", stored=False, tokenizer_name="raw")
+    builder.add_text_field("attr", stored=False, tokenizer_name="raw")
+    builder.add_float_field("price", stored=False, indexed=True, fast=True)
+    return builder.build()
 
 
-def _stemmer(language: str | None):  # noqa: ANN202
-    if language is None:
-        return None
-    import Stemmer
+def product_documents(products: pa.Table) -> Iterable[dict[str, Any]]:
+    """The fields of each product of a canonical ``products`` table, as the index stores them."""
+    columns = {name: products.column(name).to_pylist()
+               for name in ("product_id", "title", "category_path", "attributes", "price")}
+    for pid, title, cats, attrs, price in zip(*columns.values(), strict=True):
+        attrs = [(k, v) for k, v in (attrs or []) if v]
+        cats = [c for c in (cats or []) if c]
+        yield {"id": pid, "title": title or "", "attributes": " ".join(v for _, v in attrs),
+               "category": " ".join(cats), "category_key": [c.casefold() for c in cats],
+               "attr": [f"{k.casefold()}={v.casefold()}" for k, v in attrs], "price": price}
 
-    return Stemmer.Stemmer(language).stemWords
 
+def _document(doc: Mapping[str, Any]):  # noqa: ANN202 - tantivy.Document
+    import tantivy
 
-def _tokenize(texts: list[str], config: LexicalConfig):  # noqa: ANN202
-    import bm25s
-
-    return bm25s.tokenize(texts, stopwords=config.stopwords, stemmer=_stemmer(config.stemmer), return_ids=False,
-                          show_progress=False)
+    fields = {k: v for k, v in doc.items() if k != "price" and v not in (None, [])}
+    if doc.get("price") is not None:  # no price: no value, so no price filter ever matches it
+        fields["price"] = float(doc["price"])
+    return tantivy.Document(**fields)
 
 
 class BM25Index:
-    """A built or loaded lexical index."""
+    """A built or loaded lexical index (tantivy, in a folder or in RAM)."""
 
-    def __init__(self, ids: list[str], fields: dict[str, Any], columns: FilterColumns, config: LexicalConfig) -> None:
-        self.ids = ids
-        self.fields = fields
-        self.columns = columns
+    def __init__(self, index: Any, config: LexicalConfig, manifest: dict[str, Any] | None = None) -> None:
+        self.index = index
         self.config = config
+        self.schema = index.schema
+        self.manifest = manifest or {}
+        self.index.reload()
+        self._searcher = index.searcher()
+
+    @property
+    def documents(self) -> int:
+        return int(self._searcher.num_docs)
 
     @classmethod
-    def build(cls, products: pa.Table, config: LexicalConfig | None = None) -> BM25Index:
-        """Index the canonical ``products`` table."""
-        import bm25s
+    def build(cls, products: pa.Table | Iterable[Mapping[str, Any]], config: LexicalConfig | None = None,
+              folder: Path | None = None) -> BM25Index:
+        """Index a canonical ``products`` table (or documents from :func:`product_documents`), in
+        ``folder`` or in RAM."""
+        import tantivy
 
         config = config or LexicalConfig()
-        texts = _field_texts(products)
-        unknown = sorted(set(config.boosts) - set(texts))
+        unknown = sorted(set(config.boosts) - set(TEXT_FIELDS))
         if unknown:
-            raise ValueError(f"unknown lexical field {', '.join(unknown)}; known: {', '.join(texts)}")
-        fields = {}
-        for name, boost in config.boosts.items():
-            if boost <= 0:
-                continue
-            index = bm25s.BM25(k1=config.k1, b=config.b)
-            index.index(_tokenize(texts[name], config), show_progress=False)
-            fields[name] = index
-        return cls(products.column("product_id").to_pylist(), fields, _columns(products), config)
+            raise ValueError(f"unknown lexical field {', '.join(unknown)}; known: {', '.join(TEXT_FIELDS)}")
+        if not any(b > 0 for b in config.boosts.values()):
+            raise ValueError("at least one lexical field needs a positive boost")
+        started = time.perf_counter()
+        if folder is not None:
+            (folder / "tantivy").mkdir(parents=True, exist_ok=True)
+        index = tantivy.Index(_schema(config), path=str(folder / "tantivy") if folder else None)
+        writer = index.writer(heap_size=config.writer_heap_mb * 1_000_000, num_threads=1)
+        documents = product_documents(products) if isinstance(products, pa.Table) else products
+        count = 0
+        for doc in documents:
+            writer.add_document(_document(doc))
+            count += 1
+        writer.commit()
+        writer.wait_merging_threads()
+        manifest = {"kind": "bm25", "engine": f"tantivy {getattr(tantivy, '__version__', '')}".strip(),
+                    "documents": count, "config": asdict(config), "build_s": round(time.perf_counter() - started, 2),
+                    "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if folder is not None:
+            (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        return cls(index, config, manifest)
 
-    def scores(self, query: str, filters: Filters | None = None) -> np.ndarray:
-        """BM25 score of every document (filtered-out documents get -inf)."""
-        tokens = _tokenize([query], self.config)[0]
-        total = np.zeros(len(self.ids), dtype=np.float32)
-        if tokens:
-            for name, index in self.fields.items():
-                vocab = index.vocab_dict
-                known = [t for t in tokens if t in vocab]
-                if known:
-                    total += self.config.boosts[name] * index.get_scores(known)
-        mask = self.columns.mask(filters) if filters is not None else None
-        if mask is not None:
-            total[~mask] = -np.inf
-        return total
+    def query(self, text: str, filters: Filters | None = None, exclude: Collection[str] = ()):  # noqa: ANN201
+        """The tantivy query for ``text`` (any of its words, boosted per field), ``filters`` as
+        zero-score required clauses and ``exclude`` (product ids) as a prohibited clause; None when
+        the text has no words."""
+        import tantivy
 
-    def search(self, query: str, k: int = 10, filters: Filters | None = None) -> list[tuple[str, float]]:
-        """The ``k`` best (product id, score) with a positive score, best first."""
-        scores = self.scores(query, filters)
-        k = min(k, len(scores))
-        if k <= 0:
+        words = [w.lower() for w in _WORD.findall(text or "")]  # no query syntax, no AND/OR operators
+        if not words:
+            return None
+        fields = [f for f, b in self.config.boosts.items() if b > 0]
+        clauses = [(tantivy.Occur.Must, self.index.parse_query(" ".join(words), fields,
+                                                                field_boosts=dict(self.config.boosts)))]
+        for clause in _filter_clauses(self.schema, filters):
+            clauses.append((tantivy.Occur.Must, tantivy.Query.const_score_query(clause, 0.0)))
+        if exclude:
+            clauses.append((tantivy.Occur.MustNot, tantivy.Query.term_set_query(self.schema, "id", list(exclude))))
+        return tantivy.Query.boolean_query(clauses)
+
+    def search(self, query: str, k: int = 10, filters: Filters | None = None,
+               exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """The ``k`` best (product id, score) matching ``query`` and ``filters``, best first."""
+        compiled = self.query(query, filters, exclude)
+        if compiled is None or k <= 0:
             return []
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(self.ids[i], float(scores[i])) for i in top if np.isfinite(scores[i]) and scores[i] > 0]
+        hits = self._searcher.search(compiled, k, count=False).hits
+        return [(self._searcher.doc(address)["id"][0], float(score)) for score, address in hits if score > 0]
 
-    def save(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, index in self.fields.items():
-            index.save(str(folder / "fields" / name), show_progress=False)
-        pq.write_table(pa.table({
-            "product_id": self.ids,
-            "categories": [list(c) for c in self.columns.categories],
-            "price": self.columns.prices,
-            "attributes": [json.dumps(dict(a), sort_keys=True) for a in self.columns.attributes],
-        }), folder / "docs.parquet")
-        (folder / "manifest.json").write_text(json.dumps({
-            "kind": "bm25", "engine": "bm25s", "documents": len(self.ids), "config": asdict(self.config),
-            "fields": sorted(self.fields), "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }, indent=2), encoding="utf-8")
-        return folder
+    def doc_frequency(self, word: str, field_name: str = "title") -> int:
+        """How many documents contain ``word`` (already analysed) in ``field_name``."""
+        return int(self._searcher.doc_freq(field_name, word))
 
     @classmethod
     def load(cls, folder: Path) -> BM25Index:
-        import bm25s
+        import tantivy
 
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{folder}: no lexical index here (manifest.json missing)")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         config = LexicalConfig(**manifest["config"])
-        fields = {name: bm25s.BM25.load(str(folder / "fields" / name), show_progress=False)
-                  for name in manifest["fields"]}
-        docs = pq.read_table(folder / "docs.parquet")
-        columns = FilterColumns(
-            categories=docs.column("categories").to_pylist(),
-            prices=np.asarray(docs.column("price").to_numpy(zero_copy_only=False), dtype=np.float64),
-            attributes=[json.loads(a) for a in docs.column("attributes").to_pylist()])
-        return cls(docs.column("product_id").to_pylist(), fields, columns, config)
+        return cls(tantivy.Index.open(str(folder / "tantivy")), config, manifest)
 
 
-def _columns(products: pa.Table) -> FilterColumns:
-    prices = products.column("price").to_pylist()
-    return FilterColumns(
-        categories=[list(c or []) for c in products.column("category_path").to_pylist()],
-        prices=np.array([np.nan if p is None else p for p in prices], dtype=np.float64),
-        attributes=[{k: v for k, v in (a or []) if v} for a in products.column("attributes").to_pylist()],
-    )
+def _filter_clauses(schema: Any, filters: Filters | None) -> list[Any]:
+    import tantivy
+
+    if filters is None or filters.empty:
+        return []
+    clauses = []
+    if filters.category is not None:
+        clauses.append(tantivy.Query.term_query(schema, "category_key", filters.category.casefold()))
+    if filters.price_min is not None or filters.price_max is not None:
+        clauses.append(tantivy.Query.range_query(
+            schema, "price", tantivy.FieldType.Float,
+            None if filters.price_min is None else float(filters.price_min),
+            None if filters.price_max is None else float(filters.price_max)))
+    for name, value in filters.attributes.items():
+        clauses.append(tantivy.Query.term_query(schema, "attr", f"{name.casefold()}={value.casefold()}"))
+    return clauses

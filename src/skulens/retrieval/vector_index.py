@@ -7,6 +7,11 @@
   unsure (the best and the N-th best centroid scores are within ``route_margin``).
 * **Kinds**: ``hnsw`` (HNSW over full vectors), ``hnsw_sq8`` (HNSW over 8-bit scalar-quantized
   vectors, 4x less memory), ``flat`` (exact, for small shards and as the reference).
+* **Filters and exclusions** (:class:`~skulens.retrieval.filters.Filters`, deleted ids) are applied
+  inside the search: HNSW shards search with a FAISS ``IDSelectorBitmap`` of the passing rows, and
+  a shard where at most ``exact_filter_below`` rows pass is searched exactly over those rows (a
+  graph search with a very selective filter loses recall); the router only considers shards that
+  have passing rows.
 * **Recall gate**: every build is compared with exact search over all vectors on sampled queries;
   the build fails (:class:`RecallGateError`) below ``min_recall`` (recall@10, default 0.95).
 * **Manifest**: model version, counts per shard, parameters, recall, build time, SHA-256 of every
@@ -28,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from skulens.retrieval.filters import FilterColumns, Filters
 from skulens.vectors import normalise as _normalise
 
 MERGED = "_merged"
@@ -48,6 +54,7 @@ class VectorIndexConfig:
     route_margin: float = 0.1
     min_recall: float = 0.95
     gate_queries: int = 500
+    exact_filter_below: int = 2000
     seed: int = 13
 
 
@@ -83,24 +90,45 @@ def _sha256(path: Path) -> str:
 class ShardedVectorIndex:
     """Category-sharded FAISS index with a centroid router."""
 
-    def __init__(self, shards: dict[str, Any], shard_ids: dict[str, np.ndarray], centroids: dict[str, np.ndarray],
-                 config: VectorIndexConfig, manifest: dict[str, Any] | None = None) -> None:
-        self.shards, self.shard_ids, self.centroids = shards, shard_ids, centroids
+    def __init__(self, shards: dict[str, Any], shard_rows: dict[str, np.ndarray], ids: np.ndarray,
+                 centroids: dict[str, np.ndarray], config: VectorIndexConfig, columns: FilterColumns | None = None,
+                 manifest: dict[str, Any] | None = None) -> None:
+        self.shards, self.shard_rows, self.centroids = shards, shard_rows, centroids
+        self.ids = ids  # every indexed id, in global row order; shard_rows index into it
+        self.shard_ids = {name: ids[rows] for name, rows in shard_rows.items()}
+        self.columns = columns
         self.config = config
         self.manifest = manifest or {}
         self._names = sorted(shards)
         self._centroid_matrix = np.stack([centroids[n] for n in self._names]) if self._names else None
+        self._row = {pid: i for i, pid in enumerate(ids)}
+        self._local = np.empty(len(ids), dtype=np.int64)
+        self._shard_of = np.empty(len(ids), dtype=np.int64)
+        for number, name in enumerate(self._names):
+            self._local[shard_rows[name]] = np.arange(len(shard_rows[name]))
+            self._shard_of[shard_rows[name]] = number
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, product_id: object) -> bool:
+        return product_id in self._row
 
     # -- build ---------------------------------------------------------------------------------
     @classmethod
     def build(cls, ids: Sequence[str], vectors: np.ndarray, shard_keys: Sequence[str | None],
-              config: VectorIndexConfig | None = None, model_version: str = "unknown") -> ShardedVectorIndex:
-        """Build every shard, then run the recall gate (raises RecallGateError below it)."""
+              config: VectorIndexConfig | None = None, model_version: str = "unknown",
+              columns: FilterColumns | None = None) -> ShardedVectorIndex:
+        """Build every shard, then run the recall gate (raises RecallGateError below it).
+
+        ``columns``: the filter columns aligned with ``ids``; without them filtered searches fail."""
         config = config or VectorIndexConfig()
         if len(ids) != len(vectors) or len(ids) != len(shard_keys):
             raise ValueError(f"ids ({len(ids)}), vectors ({len(vectors)}) and shard keys ({len(shard_keys)}) differ")
         if len(set(ids)) != len(ids):
             raise ValueError("product ids must be unique")
+        if columns is not None and len(columns.prices) != len(ids):
+            raise ValueError(f"filter columns have {len(columns.prices)} rows for {len(ids)} ids")
         started = time.perf_counter()
         vectors = _normalise(vectors)
         keys = np.array([k or MERGED for k in shard_keys], dtype=object)
@@ -108,7 +136,7 @@ class ShardedVectorIndex:
         small = {n for n, c in zip(names, counts, strict=True) if c < config.min_shard_size}
         keys = np.array([MERGED if k in small else k for k in keys], dtype=object)
         id_array = np.array(ids, dtype=object)
-        shards, shard_ids, centroids = {}, {}, {}
+        shards, shard_rows, centroids = {}, {}, {}
         for name in sorted(set(keys)):
             rows = np.flatnonzero(keys == name)
             index = _new_index(vectors.shape[1], len(rows), config)
@@ -116,13 +144,13 @@ class ShardedVectorIndex:
                 index.train(vectors[rows])
             index.add(vectors[rows])
             _set_ef(index, config.ef_search)
-            shards[name], shard_ids[name] = index, id_array[rows]
+            shards[name], shard_rows[name] = index, rows
             centroids[name] = _normalise(vectors[rows].mean(axis=0, keepdims=True))[0]
-        built = cls(shards, shard_ids, centroids, config)
+        built = cls(shards, shard_rows, id_array, centroids, config, columns)
         recall = built.recall_against_exact(vectors, id_array)
         built.manifest = {
             "kind": "faiss-sharded", "model_version": model_version, "vectors": len(ids),
-            "dim": int(vectors.shape[1]), "shards": {n: len(shard_ids[n]) for n in sorted(shards)},
+            "dim": int(vectors.shape[1]), "shards": {n: len(shard_rows[n]) for n in sorted(shards)},
             "merged_categories": sorted(str(s) for s in small), "config": asdict(config),
             "recall@10": recall, "build_s": round(time.perf_counter() - started, 2),
         }
@@ -133,31 +161,79 @@ class ShardedVectorIndex:
         return built
 
     # -- search --------------------------------------------------------------------------------
-    def route(self, query: np.ndarray) -> list[str]:
-        """Shards to search for one normalised query vector."""
-        if len(self._names) <= self.config.route_top_n:
-            return list(self._names)
-        scores = self._centroid_matrix @ query
+    def route(self, query: np.ndarray, among: Sequence[str] | None = None) -> list[str]:
+        """Shards to search for one normalised query vector (``among``: the shards allowed)."""
+        names = list(self._names if among is None else among)
+        if len(names) <= self.config.route_top_n:
+            return names
+        rows = [self._names.index(n) for n in names] if among is not None else slice(None)
+        scores = self._centroid_matrix[rows] @ query
         order = np.argsort(-scores)
-        top = order[:self.config.route_top_n]
         if scores[order[0]] - scores[order[self.config.route_top_n - 1]] < self.config.route_margin:
-            return list(self._names)  # unsure: the best shards are too close to call
-        return [self._names[i] for i in top]
+            return names  # unsure: the best shards are too close to call
+        return [names[i] for i in order[:self.config.route_top_n]]
 
-    def search(self, queries: np.ndarray, k: int = 10, shards: Sequence[str] | None = None
+    def allowed(self, filters: Filters | None = None, exclude: Sequence[str] | set[str] = ()) -> np.ndarray | None:
+        """Boolean mask over the global rows that pass ``filters`` and are not in ``exclude``, or
+        None when every row passes."""
+        mask = None
+        if filters is not None and not filters.empty:
+            if self.columns is None:
+                raise ValueError("this vector index was built without filter columns; rebuild it to filter")
+            mask = self.columns.mask(filters)
+        dropped = [self._row[pid] for pid in exclude if pid in self._row]
+        if dropped:
+            mask = np.ones(len(self.ids), dtype=bool) if mask is None else mask.copy()
+            mask[dropped] = False
+        return mask
+
+    def search(self, queries: np.ndarray, k: int = 10, shards: Sequence[str] | None = None,
+               filters: Filters | None = None, exclude: Sequence[str] | set[str] = ()
                ) -> list[list[tuple[str, float]]]:
-        """Top-``k`` (id, score) per query, merged across the routed (or given) shards by score."""
+        """Top-``k`` (id, score) per query among the rows passing ``filters`` and not in ``exclude``,
+        merged across the routed (or given) shards by score."""
         queries = _normalise(np.atleast_2d(queries))
+        mask = self.allowed(filters, exclude)
+        among = shards
+        passing: dict[str, np.ndarray] = {}
+        if mask is not None:
+            for name in (shards or self._names):
+                local = mask[self.shard_rows[name]]
+                if local.any():
+                    passing[name] = local
+            among = list(passing)
         out = []
         for q in queries:
             candidates: list[tuple[str, float]] = []
-            for name in (shards or self.route(q)):
-                index = self.shards[name]
-                distances, rows = index.search(q[None, :], min(k, index.ntotal))
-                ids = self.shard_ids[name]
-                candidates += [(ids[r], float(d)) for d, r in zip(distances[0], rows[0], strict=True) if r >= 0]
+            for name in (among if shards is not None else self.route(q, among)):
+                candidates += self._search_shard(name, q, k, passing.get(name))
             out.append(sorted(candidates, key=lambda c: -c[1])[:k])
         return out
+
+    def _search_shard(self, name: str, query: np.ndarray, k: int, local: np.ndarray | None) -> list[tuple[str, float]]:
+        import faiss
+
+        index, ids = self.shards[name], self.shard_ids[name]
+        if local is None:
+            distances, rows = index.search(query[None, :], min(k, index.ntotal))
+        elif local.sum() <= self.config.exact_filter_below or not hasattr(faiss.downcast_index(index), "hnsw"):
+            chosen = np.flatnonzero(local)
+            scores = index.reconstruct_batch(chosen) @ query
+            top = np.argsort(-scores, kind="stable")[:k]
+            return [(ids[chosen[t]], float(scores[t])) for t in top]
+        else:
+            bitmap = np.packbits(local.astype(np.uint8), bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(local), faiss.swig_ptr(bitmap))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.config.ef_search, k))
+            distances, rows = index.search(query[None, :], min(k, index.ntotal), params=params)
+        return [(ids[r], float(d)) for d, r in zip(distances[0], rows[0], strict=True) if r >= 0]
+
+    def vectors(self, product_ids: Sequence[str]) -> np.ndarray:
+        """The stored (normalised; decoded when quantised) vectors of ``product_ids``."""
+        rows = [self._row[pid] for pid in product_ids]
+        if not rows:
+            return np.zeros((0, self.manifest.get("dim", 0)), np.float32)
+        return np.stack([self.shards[self._names[self._shard_of[r]]].reconstruct(int(self._local[r])) for r in rows])
 
     def recall_against_exact(self, vectors: np.ndarray, ids: np.ndarray, k: int = 10) -> float:
         """Recall@k of routed search against exact inner-product search over all vectors.
@@ -192,10 +268,16 @@ class ShardedVectorIndex:
         for i, name in enumerate(self._names):
             stem = f"shard-{i:04d}"
             faiss.write_index(self.shards[name], str(folder / f"{stem}.faiss"))
-            np.save(folder / f"{stem}.ids.npy", self.shard_ids[name].astype(str))
+            np.save(folder / f"{stem}.rows.npy", self.shard_rows[name])
             files[name] = stem
         np.save(folder / "centroids.npy", self._centroid_matrix)
-        checksums = {p.name: _sha256(p) for p in sorted(folder.glob("*")) if p.suffix in (".faiss", ".npy")}
+        np.save(folder / "ids.npy", self.ids.astype(str))
+        if self.columns is not None:
+            import pyarrow.parquet as pq
+
+            pq.write_table(self.columns.to_table(), folder / "columns.parquet")
+        checksums = {p.name: _sha256(p) for p in sorted(folder.glob("*"))
+                     if p.suffix in (".faiss", ".npy", ".parquet")}
         manifest = {**self.manifest, "files": files, "checksums": checksums}
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
         return folder
@@ -212,11 +294,17 @@ class ShardedVectorIndex:
         config = VectorIndexConfig(**manifest["config"])
         names = sorted(manifest["files"])
         matrix = np.load(folder / "centroids.npy")
-        shards, shard_ids, centroids = {}, {}, {}
+        shards, shard_rows, centroids = {}, {}, {}
         for row, name in enumerate(names):
             stem = manifest["files"][name]
             shards[name] = faiss.read_index(str(folder / f"{stem}.faiss"))
             _set_ef(shards[name], config.ef_search)
-            shard_ids[name] = np.load(folder / f"{stem}.ids.npy").astype(object)
+            shard_rows[name] = np.load(folder / f"{stem}.rows.npy")
             centroids[name] = matrix[row]
-        return cls(shards, shard_ids, centroids, config, manifest)
+        columns = None
+        if (folder / "columns.parquet").is_file():
+            import pyarrow.parquet as pq
+
+            columns = FilterColumns.from_table(pq.read_table(folder / "columns.parquet"))
+        ids = np.load(folder / "ids.npy").astype(object)
+        return cls(shards, shard_rows, ids, centroids, config, columns, manifest)
