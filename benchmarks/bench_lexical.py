@@ -24,13 +24,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     args = parser.parse_args()
 
-    import tantivy
 
-    from skulens.data.catalog import read_table
-    from skulens.evaluation import evaluate
     import bm25s
     import Stemmer
 
+    from skulens.data.catalog import read_table
+    from skulens.evaluation import evaluate
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.settings import load_settings
     from skulens.training.reranker import grade_to_rel

@@ -11,6 +11,7 @@ import typer
 from skulens import __version__
 from skulens.cli import datasets, index, models, pipeline
 from skulens.cli.common import console, fail_on_errors, settings_from
+from skulens.cli.evaluate import eval_command
 
 app = typer.Typer(
     name="skulens",
@@ -23,6 +24,7 @@ app.add_typer(datasets.app, name="datasets")
 app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(models.app, name="models")
 app.add_typer(index.app, name="index")
+app.command("eval")(eval_command)
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

@@ -19,11 +19,12 @@ def evaluate(qrels: Qrels, run: Run, measures: Sequence[str]) -> dict[str, float
     """Mean of each measure over the queries of ``qrels`` (a query missing from ``run`` scores 0)."""
     import ir_measures
 
-    parsed = [ir_measures.parse_measure(m) for m in measures]
+    parsed = {m: ir_measures.parse_measure(m) for m in measures}
+    name = {str(p): m for m, p in parsed.items()}  # ir-measures prints defaults away: RR(rel=1) is "RR"
     judged = {q: docs for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
     per_query: dict[str, dict[str, float]] = {m: {} for m in measures}
-    for metric in ir_measures.iter_calc(parsed, judged, {q: run.get(q, {}) for q in judged}):
-        per_query[str(metric.measure)][metric.query_id] = float(metric.value)
+    for metric in ir_measures.iter_calc(list(parsed.values()), judged, {q: run.get(q, {}) for q in judged}):
+        per_query[name[str(metric.measure)]][metric.query_id] = float(metric.value)
     return {m: (sum(per_query[m].values()) / len(judged)) if judged else 0.0 for m in measures}
 
 

@@ -123,10 +123,11 @@ class BM25Index:
             (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         return cls(index, config, manifest)
 
-    def query(self, text: str, filters: Filters | None = None, exclude: Collection[str] = ()):  # noqa: ANN201
-        """The tantivy query for ``text`` (any of its words, boosted per field), ``filters`` as
-        zero-score required clauses and ``exclude`` (product ids) as a prohibited clause; None when
-        the text has no words."""
+    def query(self, text: str, filters: Filters | None = None, exclude: Collection[str] = (),  # noqa: ANN201
+              only: Collection[str] | None = None):
+        """The tantivy query for ``text`` (any of its words, boosted per field), ``filters`` and
+        ``only`` (product ids to choose from) as zero-score required clauses and ``exclude``
+        (product ids) as a prohibited clause; None when the text has no words."""
         import tantivy
 
         words = [w.lower() for w in _WORD.findall(text or "")]  # no query syntax, no AND/OR operators
@@ -135,16 +136,20 @@ class BM25Index:
         fields = [f for f, b in self.config.boosts.items() if b > 0]
         clauses = [(tantivy.Occur.Must, self.index.parse_query(" ".join(words), fields,
                                                                 field_boosts=dict(self.config.boosts)))]
-        for clause in _filter_clauses(self.schema, filters):
+        required = _filter_clauses(self.schema, filters)
+        if only is not None:
+            required.append(tantivy.Query.term_set_query(self.schema, "id", list(only)))
+        for clause in required:
             clauses.append((tantivy.Occur.Must, tantivy.Query.const_score_query(clause, 0.0)))
         if exclude:
             clauses.append((tantivy.Occur.MustNot, tantivy.Query.term_set_query(self.schema, "id", list(exclude))))
         return tantivy.Query.boolean_query(clauses)
 
-    def search(self, query: str, k: int = 10, filters: Filters | None = None,
-               exclude: Collection[str] = ()) -> list[tuple[str, float]]:
-        """The ``k`` best (product id, score) matching ``query`` and ``filters``, best first."""
-        compiled = self.query(query, filters, exclude)
+    def search(self, query: str, k: int = 10, filters: Filters | None = None, exclude: Collection[str] = (),
+               only: Collection[str] | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best (product id, score) matching ``query`` and ``filters`` (and among ``only``
+        when given), best first."""
+        compiled = self.query(query, filters, exclude, only)
         if compiled is None or k <= 0:
             return []
         hits = self._searcher.search(compiled, k, count=False).hits

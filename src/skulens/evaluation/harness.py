@@ -1,0 +1,457 @@
+"""``skulens eval``: every retriever on real judgments and on the fashion catalogue, one report.
+
+Two kinds of evaluation, each per retriever (BM25, dense, hybrid RRF, hybrid weighted, the best
+hybrid + cross-encoder rerank), on clean and **noisy** queries (a seeded typo or a dropped word):
+
+* **judged text catalogue** (Home Depot by default, or any catalogue plus judgments file):
+  *full corpus* — every product title indexed (tantivy BM25 + a dense index built with the
+  configured encoder, FAISS HNSW as served), held-out queries retrieve from all of it; *rerank* —
+  each held-out query's judged candidates only, ordered by each retriever's scores. Queries are
+  split into train/test by the training pairs when they exist (so the reranker's training queries
+  are never test queries), else by a seeded hash; the weighted fusion's weight is learned on the
+  training queries. These are **real shopper queries with human grades**.
+* **fashion** (the champion two-tower embedder, test split): **attribute-derived** queries
+  (``"<gender> <colour> <article type>"``, see :mod:`skulens.training.evaluate`) text→image over an
+  *image-only* index, BM25 over the titles and hybrid of the two; image→image (same article type
+  and colour relevant). Not real queries: read them as a relative comparison only.
+
+Metrics by ir-measures (pytrec_eval): nDCG@10, recall@100, MRR and the zero-useful-result rate
+(share of queries without a relevant item in the top 10); "relevant" = grade >= ``relevant``.
+Writes ``SKULENS_HOME/reports/eval/latest.json`` and ``latest.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
+
+from skulens.evaluation.metrics import Qrels, Run, evaluate, zero_useful_rate
+from skulens.settings import Settings
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_test_queries: int | None = 1000
+    max_train_queries: int | None = 2000
+    depth: int = 100
+    rerank_depth: int = 30
+    encoder: str = "minilm"
+    reranker: str | None = "champion"  # "champion", a model folder, or None
+    noisy: bool = True
+    test_fraction: float = 0.2
+    # Index only the products judged for the sampled queries plus a seeded sample of the rest, up to
+    # this many (None: the whole catalogue). For quick runs; published figures use the whole corpus.
+    max_corpus: int | None = None
+    seed: int = 0
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def load_judgments(path: Path) -> pa.Table:
+    """A judgments file: canonical (query, product_id, grade[, source]) as Parquet or CSV, or a Home
+    Depot CSV (product_uid, product_title, search_term, relevance)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from skulens.data.contracts import CONTRACTS
+    from skulens.data.homedepot import COLUMNS as HD_COLUMNS
+    from skulens.data.homedepot import load_homedepot
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"judgments file {path} does not exist")
+    table = pq.read_table(path) if path.suffix == ".parquet" else pcsv.read_csv(path)
+    names = set(table.column_names)
+    if set(HD_COLUMNS) <= names:
+        return load_homedepot(path)[0]["judgments"]
+    missing = {"query", "product_id", "grade"} - names
+    if missing:
+        raise ValueError(f"{path}: not a judgments file: columns {', '.join(sorted(missing))} missing (canonical: "
+                         f"query, product_id, grade; Home Depot: {', '.join(HD_COLUMNS)})")
+    table = table.select(["query", "product_id", "grade"]).cast(pa.schema(
+        [("query", pa.string()), ("product_id", pa.string()), ("grade", pa.float64())]))
+    if table.column("grade").null_count or table.column("query").null_count or table.column("product_id").null_count:
+        raise ValueError(f"{path}: query, product_id and grade must all be set on every row")
+    return CONTRACTS["judgments"].conform(table.append_column("source", pa.array([f"file:{path.name}"] *
+                                                                                 table.num_rows)))
+
+
+def to_rel(grade: float, source: str) -> int:
+    """Integer relevance for ir-measures: Home Depot's 1-3 averaged grades to 0-6, others rounded."""
+    if source.startswith("homedepot"):
+        return max(0, round((grade - 1.0) * 3))
+    return max(0, round(grade))
+
+
+def query_splits(settings: Settings, queries: Sequence[str], test_fraction: float, seed: int) -> dict[str, str]:
+    """``train``/``test`` per query: the training pairs' split when a query has one, else a hash."""
+    known: dict[str, str] = {}
+    try:
+        import pyarrow.dataset as ds
+
+        from skulens.pipelines.train_and_export import pairs_dir
+
+        source = pairs_dir(settings) / "query_product"
+        if source.is_dir():
+            table = ds.dataset(source, partitioning="hive").to_table(columns=["query", "split"])
+            known = dict(zip(table.column("query").to_pylist(), table.column("split").to_pylist(), strict=True))
+    except FileNotFoundError:
+        pass
+    out = {}
+    for q in queries:
+        split = known.get(q)
+        if split is None:
+            bucket = int(hashlib.sha1(f"{seed}:{q}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+            split = "test" if bucket < test_fraction else "train"
+        out[q] = "test" if split == "test" else "train"  # validation queries train the fusion weight
+    return out
+
+
+_WORD = re.compile(r"\S+")
+
+
+def noisy_query(text: str, rng: random.Random) -> str:
+    """A seeded corruption, one per query: a typo (swap, drop or repeat a letter) in a word of 4+
+    letters, or, for queries of 3+ words, one word dropped."""
+    words = _WORD.findall(text)
+    long = [i for i, w in enumerate(words) if len(w) >= 4]
+    if len(words) >= 3 and (not long or rng.random() < 0.5):
+        words.pop(rng.randrange(len(words)))
+    elif long:
+        i = rng.choice(long)
+        w, j = words[i], rng.randrange(1, len(words[i]) - 1)
+        kind = rng.choice(("swap", "drop", "repeat"))
+        words[i] = (w[:j] + w[j + 1] + w[j] + w[j + 2:] if kind == "swap" else
+                    w[:j] + w[j + 1:] if kind == "drop" else w[:j] + w[j] + w[j:])
+    return " ".join(words) or text
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def score_run(qrels: Qrels, run: Run, relevant: int) -> dict[str, float]:
+    metrics = evaluate(qrels, run, ["nDCG@10", f"R(rel={relevant})@100", f"RR(rel={relevant})"])
+    return {"nDCG@10": metrics["nDCG@10"], "recall@100": metrics[f"R(rel={relevant})@100"],
+            "MRR": metrics[f"RR(rel={relevant})"], "zero_useful@10": zero_useful_rate(qrels, run, 10, relevant)}
+
+
+def _as_run(query_ids: Sequence[str], results: Sequence[Sequence[tuple[str, float]]]) -> Run:
+    """Rank-order runs (a reranked list mixes score scales, so the order is what counts)."""
+    return {q: {pid: float(len(hits) - i) for i, (pid, _) in enumerate(hits)}
+            for q, hits in zip(query_ids, results, strict=True)}
+
+
+def _progress(message: str) -> None:
+    print(f"[eval] {message}", flush=True)
+
+
+# -- judged text catalogue -----------------------------------------------------------------------
+Scorer = Callable[[str, list[str]], np.ndarray]
+
+
+def reranker_scorer(settings: Settings, choice: str | None) -> tuple[Scorer | None, str]:
+    """(scorer, description) of the configured cross-encoder, or (None, why not)."""
+    if choice is None:
+        return None, "no reranker configured"
+    from skulens.training.reranker import CrossEncoderReranker
+
+    if choice == "champion":
+        from skulens.tracking.registry import version_artifacts
+
+        try:
+            champion = version_artifacts(settings, "reranker")
+        except LookupError as exc:
+            return None, str(exc)
+        return CrossEncoderReranker(champion["model_dir"] / "artifacts" / "model").score, \
+            f"{champion['name']}/{champion['version']} (champion)"
+    return CrossEncoderReranker(choice).score, choice
+
+
+def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table, cfg: EvalConfig,
+                    rerank: Callable[[str, list[str]], np.ndarray] | None = None) -> dict[str, Any]:
+    """Full-corpus and rerank-setting metrics of every retriever on a judged text catalogue."""
+    from skulens.retrieval.encoders import make_encoder
+    from skulens.retrieval.filters import FilterColumns
+    from skulens.retrieval.fusion import learn_weight
+    from skulens.retrieval.lexical import BM25Index
+    from skulens.retrieval.retrievers import (
+        DenseRetriever,
+        HybridRetriever,
+        LexicalRetriever,
+        RerankedRetriever,
+        SearchQuery,
+    )
+    from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+
+    started = time.perf_counter()
+    ids = products.column("product_id").to_pylist()
+    titles = dict(zip(ids, products.column("title").to_pylist(), strict=True))
+    known = set(ids)
+    rows = [r for r in judgments.to_pylist() if r["product_id"] in known]
+    if not rows:
+        raise ValueError("no judgment names a product of the catalogue")
+    qrels: Qrels = {}
+    for r in rows:
+        qrels.setdefault(r["query"], {})[r["product_id"]] = to_rel(r["grade"], r["source"])
+    relevant = 4 if rows[0]["source"].startswith("homedepot") else 1
+    splits = query_splits(settings, sorted(qrels), cfg.test_fraction, cfg.seed)
+    rng = random.Random(cfg.seed)
+
+    def sample(split: str, limit: int | None) -> list[str]:
+        chosen = sorted(q for q, s in splits.items() if s == split and any(g >= relevant for g in qrels[q].values()))
+        return sorted(rng.sample(chosen, limit)) if limit is not None and len(chosen) > limit else chosen
+
+    test, train = sample("test", cfg.max_test_queries), sample("train", cfg.max_train_queries)
+    if not test:
+        raise ValueError("no held-out query with a relevant product: too few judgments to evaluate")
+    if cfg.max_corpus is not None and len(ids) > cfg.max_corpus:
+        judged = sorted({p for q in test + train for p in qrels[q]})
+        others = sorted(set(ids) - set(judged))
+        fill = rng.sample(others, max(0, min(len(others), cfg.max_corpus - len(judged))))
+        products = products.filter(pa.compute.is_in(products.column("product_id"), pa.array(judged + fill)))
+        ids = products.column("product_id").to_pylist()
+
+    _progress(f"lexical index over {len(ids):,} titles")
+    lexical = BM25Index.build(products)
+    _progress(f"encoding {len(ids):,} titles with {cfg.encoder}")
+    encoder = make_encoder(cfg.encoder)
+    vectors = encoder.encode_texts([titles[i] for i in ids])
+    paths = products.column("category_path").to_pylist()
+    vc = VectorIndexConfig(**settings.retrieval.vector.model_dump())
+    store = ShardedVectorIndex.build(ids, vectors, [p[0] if p else None for p in paths], vc,
+                                     model_version=cfg.encoder, columns=FilterColumns.from_products(products))
+    dense, bm25 = DenseRetriever(store, encoder), LexicalRetriever(lexical)
+
+    _progress(f"learning the fusion weight on {len(train):,} training queries")
+    train_q = [SearchQuery(text=q) for q in train]
+    weight, tried = learn_weight(dict(zip(train, dense.search_batch(train_q, cfg.depth), strict=True)),
+                                 dict(zip(train, bm25.search_batch(train_q, cfg.depth), strict=True)),
+                                 {q: qrels[q] for q in train})
+    retrievers: dict[str, Any] = {
+        "bm25": bm25, "dense": dense,
+        "hybrid_rrf": HybridRetriever(dense, bm25, "rrf", depth=cfg.depth),
+        "hybrid_weighted": HybridRetriever(dense, bm25, "weighted", weight=weight, depth=cfg.depth),
+    }
+    blend, blend_scores = None, {}
+    if rerank is not None:
+        # The reranker's share is learned like the fusion weight, on (a few hundred) training queries.
+        tune = train[:300]
+        tune_q = [SearchQuery(text=q) for q in tune]
+        _progress(f"learning the reranker blend on {len(tune)} training queries")
+        base = retrievers["hybrid_weighted"].search_batch(tune_q, cfg.rerank_depth)
+        scored = RerankedRetriever(retrievers["hybrid_weighted"], rerank, titles, depth=cfg.rerank_depth)
+        reranked = [scored._rerank(q, hits, cfg.rerank_depth) for q, hits in zip(tune_q, base, strict=True)]
+        blend, blend_scores = learn_weight(dict(zip(tune, reranked, strict=True)), dict(zip(tune, base, strict=True)),
+                                           {q: qrels[q] for q in tune})
+        retrievers["hybrid_weighted+rerank"] = RerankedRetriever(retrievers["hybrid_weighted"], rerank, titles,
+                                                                 depth=cfg.rerank_depth, blend=blend)
+    variants = {"clean": {q: q for q in test}}
+    if cfg.noisy:
+        noise = random.Random(cfg.seed + 1)
+        variants["noisy"] = {q: noisy_query(q, noise) for q in test}
+    test_qrels = {q: qrels[q] for q in test}
+    full: dict[str, dict[str, Any]] = {}
+    for variant, texts in variants.items():
+        queries = [SearchQuery(text=texts[q]) for q in test]
+        for name, retriever in retrievers.items():
+            _progress(f"full corpus, {variant} queries: {name}")
+            t = time.perf_counter()
+            results = retriever.search_batch(queries, cfg.depth)
+            seconds = time.perf_counter() - t
+            full.setdefault(variant, {})[name] = {**score_run(test_qrels, _as_run(test, results), relevant),
+                                                  "ms_per_query": round(1000 * seconds / len(test), 2)}
+
+    _progress("rerank setting (each query's judged candidates)")
+    rerank_setting = _rerank_setting(test, qrels, titles, lexical, encoder, weight, rerank, relevant)
+    return {
+        "queries": {"test": len(test), "train_for_fusion": len(train), "kind": "real queries with graded judgments"
+                    if rows[0]["source"].startswith("homedepot") else f"judgments from {rows[0]['source']}",
+                    "examples_noisy": dict(list(variants.get("noisy", {}).items())[:5])},
+        "corpus": {"products": len(ids), "encoder": cfg.encoder, "vector_index": store.manifest.get("config", {})
+                   .get("kind"), "index_recall@10": store.manifest.get("recall@10")},
+        "relevant_grade": relevant, "fusion_weight": weight, "fusion_weight_scores": tried,
+        "rerank_depth": cfg.rerank_depth, "rerank_blend": blend, "rerank_blend_scores": blend_scores,
+        "full_corpus": full, "rerank_setting": rerank_setting,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _rerank_setting(test: list[str], qrels: Qrels, titles: Mapping[str, str], lexical: Any, encoder: Any,
+                    weight: float, rerank: Callable[[str, list[str]], np.ndarray] | None, relevant: int
+                    ) -> dict[str, dict[str, float]]:
+    """Each retriever orders each query's judged candidates (BM25 statistics of the whole corpus)."""
+    from skulens.retrieval.fusion import rrf, weighted
+
+    runs: dict[str, Run] = {name: {} for name in ("bm25", "dense", "hybrid_rrf", "hybrid_weighted")}
+    if rerank is not None:
+        runs["cross_encoder"] = {}
+    qvecs = encoder.encode_texts(test)
+    for q, qv in zip(test, qvecs, strict=True):
+        cands = sorted(qrels[q])
+        lex = lexical.search(q, k=len(cands), only=cands)
+        dv = encoder.encode_texts([titles[c] for c in cands]) @ qv
+        dense = sorted(zip(cands, dv.tolist(), strict=True), key=lambda kv: -kv[1])
+        lex_scores = dict(lex)
+        runs["bm25"][q] = {c: lex_scores.get(c, 0.0) for c in cands}
+        runs["dense"][q] = dict(dense)
+        runs["hybrid_rrf"][q] = dict(rrf([dense, lex]))
+        runs["hybrid_weighted"][q] = dict(weighted(dense, lex, weight))
+        if rerank is not None:
+            runs["cross_encoder"][q] = dict(zip(cands, map(float, rerank(q, [titles[c] for c in cands])), strict=True))
+    test_qrels = {q: qrels[q] for q in test}
+    return {name: score_run(test_qrels, run, relevant) for name, run in runs.items()}
+
+
+# -- fashion -----------------------------------------------------------------------------------
+def evaluate_fashion(settings: Settings, cfg: EvalConfig, catalog: str = "fashion") -> dict[str, Any]:
+    """Attribute-derived text→image and image→image on the test split with the champion embedder."""
+    from skulens.data.catalog import read_table
+    from skulens.models.two_tower import TwoTower
+    from skulens.pipelines.train_and_export import pairs_dir
+    from skulens.retrieval.encoders import TwoTowerEncoder
+    from skulens.retrieval.fusion import learn_weight
+    from skulens.retrieval.lexical import BM25Index, LexicalConfig
+    from skulens.retrieval.retrievers import DenseRetriever, HybridRetriever, LexicalRetriever, SearchQuery
+    from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+    from skulens.tracking.registry import version_artifacts
+    from skulens.training.data import load_split
+    from skulens.training.evaluate import attribute_queries
+
+    started = time.perf_counter()
+    champion = version_artifacts(settings, "embedder")
+    tower = TwoTower.load(champion["model_dir"] / "artifacts" / "bundle", cache_dir=settings.home / "cache" / "models")
+    image_onnx = None
+    if champion["export"] and champion["onnx_dir"]:
+        image_onnx = champion["onnx_dir"] / Path(champion["export"]["served"]["image"]).name
+    encoder = TwoTowerEncoder(tower=tower, image_onnx=image_onnx)
+    products = read_table(settings, catalog, "products")
+    out: dict[str, Any] = {"model_version": f"{champion['name']}/{champion['version']}",
+                           "queries": "attribute-derived (<gender> <colour> <article type>), not real queries"}
+    splits = {}
+    for split in ("val", "test"):
+        data = load_split(pairs_dir(settings), products, split)
+        ids = list(data.product_ids)
+        _progress(f"fashion {split}: encoding {len(ids):,} photos")
+        vecs, ok = encoder.mapper.images(list(data.images))
+        ids, vecs = [p for p, good in zip(ids, ok, strict=True) if good], vecs[ok]
+        table = products.filter(pa.compute.is_in(products.column("product_id"), pa.array(ids)))
+        store = ShardedVectorIndex.build(ids, vecs, [None] * len(ids), VectorIndexConfig(
+            **{**settings.retrieval.vector.model_dump(), "min_shard_size": 1}), model_version=out["model_version"])
+        lexical = BM25Index.build(table, LexicalConfig(boosts={"title": 1.0}))
+        texts, qrels = attribute_queries(data, max_queries=cfg.max_test_queries, seed=cfg.seed)
+        subset = set(ids)
+        qrels = {q: {p: g for p, g in judged.items() if p in subset} for q, judged in qrels.items()}
+        splits[split] = (ids, vecs, store, lexical, texts, qrels)
+    v_ids, _, v_store, v_lex, v_texts, v_qrels = splits["val"]
+    v_queries = [SearchQuery(text=t) for t in v_texts]
+    qids = [str(i) for i in range(len(v_texts))]
+    weight, _ = learn_weight(dict(zip(qids, DenseRetriever(v_store, encoder).search_batch(v_queries, cfg.depth),
+                                      strict=True)),
+                             dict(zip(qids, LexicalRetriever(v_lex).search_batch(v_queries, cfg.depth), strict=True)),
+                             v_qrels)
+    ids, vecs, store, lexical, texts, qrels = splits["test"]
+    dense, bm25 = DenseRetriever(store, encoder), LexicalRetriever(lexical)
+    retrievers = {"bm25 (titles)": bm25, "dense (image-only index)": dense,
+                  "hybrid_rrf": HybridRetriever(dense, bm25, "rrf", depth=cfg.depth),
+                  "hybrid_weighted": HybridRetriever(dense, bm25, "weighted", weight=weight, depth=cfg.depth)}
+    qids = [str(i) for i in range(len(texts))]
+    variants = {"clean": texts}
+    if cfg.noisy:
+        noise = random.Random(cfg.seed + 1)
+        variants["noisy"] = [noisy_query(t, noise) for t in texts]
+    t2i: dict[str, dict[str, Any]] = {}
+    for variant, qtexts in variants.items():
+        queries = [SearchQuery(text=t) for t in qtexts]
+        for name, retriever in retrievers.items():
+            t2i.setdefault(variant, {})[name] = score_run(qrels, _as_run(qids, retriever.search_batch(
+                queries, cfg.depth)), 3)
+    # image -> image: every test photo queries the others; relevant = same article type and colour.
+    data = load_split(pairs_dir(settings), products, "test")
+    attrs = dict(zip(data.product_ids, data.attributes, strict=True))
+    key = {p: (attrs[p].get("article_type", "").lower(), attrs[p].get("colour", "").lower()) for p in ids}
+    by_key: dict[tuple[str, str], list[str]] = {}
+    for p in ids:
+        by_key.setdefault(key[p], []).append(p)
+    i2i_qrels = {p: {o: 1 for o in by_key[key[p]] if o != p} for p in ids}
+    results = store.search(vecs, k=cfg.depth + 1)
+    i2i_run = _as_run(ids, [[h for h in hits if h[0] != p][:cfg.depth] for p, hits in zip(ids, results, strict=True)])
+    out.update(test_products_with_photo=len(ids), test_queries=len(texts), fusion_weight=weight,
+               text_to_image=t2i, image_to_image={"dense (image tower)": {
+                   **score_run(i2i_qrels, i2i_run, 1), "P@10": evaluate(i2i_qrels, i2i_run, ["P@10"])["P@10"]}},
+               seconds=round(time.perf_counter() - started, 1))
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------
+def run_eval(settings: Settings, cfg: EvalConfig | None = None, *, catalog: str = "homedepot",
+             judgments_path: Path | None = None, fashion: str | None = "fashion") -> dict[str, Any]:
+    """Evaluate and write ``reports/eval/latest.json`` and ``latest.md``; return the report."""
+    from skulens.data.catalog import read_table
+
+    cfg = cfg or EvalConfig()
+    products = read_table(settings, catalog, "products")
+    judgments = load_judgments(judgments_path) if judgments_path else read_table(settings, catalog, "judgments")
+    scorer, reranker = reranker_scorer(settings, cfg.reranker)
+    report: dict[str, Any] = {"written_at": datetime.now(UTC).isoformat(timespec="seconds"), "config": asdict(cfg),
+                              "reranker": reranker, "judged": {"catalog": catalog,
+                                                               "judgments": str(judgments_path or "catalogue")}}
+    report["judged"].update(evaluate_judged(settings, products, judgments, cfg, scorer))
+    if fashion:
+        try:
+            report["fashion"] = evaluate_fashion(settings, cfg, fashion)
+        except (LookupError, FileNotFoundError) as exc:
+            report["fashion"] = {"skipped": str(exc)}
+    folder = settings.home / "reports" / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "latest.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    (folder / "latest.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+def _table(title: str, rows: Mapping[str, Mapping[str, float]]) -> list[str]:
+    cols = ["nDCG@10", "recall@100", "MRR", "zero_useful@10"]
+    extra = [c for c in ("P@10", "ms_per_query") if any(c in r for r in rows.values())]
+    lines = [f"**{title}**", "", "| retriever | " + " | ".join(cols + extra) + " |",
+             "|---|" + "---|" * len(cols + extra)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" if c in r and c != "ms_per_query" else
+                                                 f"{r.get(c, float('nan')):.2f}" for c in cols + extra) + " |")
+    return [*lines, ""]
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """The Markdown form of an eval report."""
+    judged = report["judged"]
+    lines = ["# skulens eval", "", f"Written {report['written_at']}. Reranker: {report['reranker']}.", "",
+             f"## {judged['catalog']}: {judged['queries']['kind']}", "",
+             f"{judged['queries']['test']:,} held-out queries over {judged['corpus']['products']:,} products; dense "
+             f"encoder {judged['corpus']['encoder']} ({judged['corpus']['vector_index']}, index recall@10 "
+             f"{judged['corpus']['index_recall@10']}); weighted fusion weight (dense share) "
+             f"{judged['fusion_weight']} learned on {judged['queries']['train_for_fusion']:,} training queries; "
+             f"reranker over the top {judged['rerank_depth']} with blend (reranker share) {judged['rerank_blend']}; "
+             f"relevant = grade >= {judged['relevant_grade']}.", ""]
+    for variant, rows in judged["full_corpus"].items():
+        lines += _table(f"Full corpus, {variant} queries", rows)
+    lines += _table("Rerank setting (each query's judged candidates)", judged["rerank_setting"])
+    fashion = report.get("fashion")
+    if fashion and "skipped" not in fashion:
+        lines += ["## fashion: attribute-derived queries (not real queries)", "",
+                  f"Embedder {fashion['model_version']}; {fashion['test_queries']} queries over "
+                  f"{fashion['test_products_with_photo']:,} test photos; fusion weight {fashion['fusion_weight']} "
+                  "learned on the validation split. BM25 reads titles, which name colour and article type, so "
+                  "it is strong here by construction.", ""]
+        for variant, rows in fashion["text_to_image"].items():
+            lines += _table(f"Text → image, {variant} queries", rows)
+        lines += _table("Image → image (same article type and colour)", fashion["image_to_image"])
+    elif fashion:
+        lines += ["## fashion", "", f"Skipped: {fashion['skipped']}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""Query and document encoders, registered by name so that a config (or ``skulens eval --encoder``)
+picks one: ``minilm`` (packaged all-MiniLM-L6-v2, text only) and ``two_tower`` (a skulens bundle:
+text and image towers, the served ONNX image tower when one is given)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from skulens.vectors import normalise
+
+
+class QueryEncoder(Protocol):
+    name: str
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_images(self, sources: Sequence[str | bytes]) -> np.ndarray: ...
+
+
+ENCODERS: dict[str, Callable[..., QueryEncoder]] = {}
+
+
+def register_encoder(name: str) -> Callable[[Callable[..., QueryEncoder]], Callable[..., QueryEncoder]]:
+    def wrap(factory: Callable[..., QueryEncoder]) -> Callable[..., QueryEncoder]:
+        ENCODERS[name] = factory
+        return factory
+    return wrap
+
+
+def make_encoder(name: str, **options: Any) -> QueryEncoder:
+    """The encoder registered as ``name``, built with ``options``."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; registered: {', '.join(sorted(ENCODERS))}")
+    return ENCODERS[name](**options)
+
+
+class ImageQueryError(ValueError):
+    """A query photo that cannot be decoded."""
+
+
+@register_encoder("minilm")
+class SentenceEncoder:
+    """A sentence-transformers model (default: the packaged all-MiniLM-L6-v2); text only."""
+
+    name = "minilm"
+
+    def __init__(self, path: str | None = None, device: str = "cpu", batch_size: int = 128) -> None:
+        from skulens.compat import ensure_torchvision_ops
+
+        ensure_torchvision_ops()
+        from sentence_transformers import SentenceTransformer
+
+        from skulens.models.packaged import minilm_path
+
+        self.model = SentenceTransformer(path or minilm_path(), device=device)
+        self.batch_size = batch_size
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.model.get_sentence_embedding_dimension()), np.float32)
+        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+
+    def encode_images(self, sources: Sequence[str | bytes]) -> np.ndarray:
+        raise ValueError(f"encoder {self.name} has no image tower; use a two_tower encoder for photo queries")
+
+
+@register_encoder("two_tower")
+class TwoTowerEncoder:
+    """A skulens two-tower bundle; texts through its text tower, photos through its image tower."""
+
+    name = "two_tower"
+
+    def __init__(self, bundle: str | Path | None = None, *, tower: Any = None, image_onnx: Path | None = None,
+                 cache_dir: Path | None = None) -> None:
+        from skulens.models.two_tower import TwoTower
+        from skulens.retrieval.embed import EmbeddingMapper
+
+        if tower is None:
+            if bundle is None:
+                raise ValueError("a two_tower encoder needs a bundle folder or a loaded tower")
+            tower = TwoTower.load(Path(bundle), cache_dir=cache_dir or Path(bundle) / ".cache")
+        self.mapper = EmbeddingMapper(tower, image_onnx)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.mapper.texts(list(texts))
+
+    def encode_images(self, sources: Sequence[str | bytes]) -> np.ndarray:
+        vectors, ok = self.mapper.images(list(sources))
+        if not ok.all():
+            raise ImageQueryError(f"query photo {int(np.flatnonzero(~ok)[0])} could not be decoded as an image")
+        return vectors
+
+    def encode_text_and_image(self, text: str, image: str | bytes, image_weight: float) -> np.ndarray:
+        return normalise(image_weight * self.encode_images([image]) + (1 - image_weight) * self.encode_texts([text]))
