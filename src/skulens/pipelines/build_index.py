@@ -88,14 +88,19 @@ def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
 
 
 def build_lexical(settings: Settings, run_id: str) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
     from skulens.data.catalog import read_table
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
 
     with stage(settings, PIPELINE, run_id, "build_lexical") as out:
         catalog = _previous(settings, run_id, "embed")["catalog"]
-        index = BM25Index.build(read_table(settings, catalog, "products"),
-                                LexicalConfig(boosts=dict(settings.retrieval.lexical_boosts)),
-                                folder=_staging(settings, catalog, run_id) / "lexical")
+        products = read_table(settings, catalog, "products")
+        folder = _staging(settings, catalog, run_id)
+        # The products this version indexes: compaction folds live updates into this snapshot.
+        pq.write_table(products, folder / "products.parquet")
+        index = BM25Index.build(products, LexicalConfig(boosts=dict(settings.retrieval.lexical_boosts)),
+                                folder=folder / "lexical")
         out.update(documents=index.documents, engine=index.manifest["engine"], build_s=index.manifest["build_s"],
                    boosts=dict(index.config.boosts))
         return out
@@ -111,7 +116,9 @@ def publish(settings: Settings, run_id: str) -> dict[str, Any]:
         previous = store.current_id()
         manifest = {"version": run_id, "catalog": embedded["catalog"], "model_version": embedded["model_version"],
                     "embed": embedded, "vector": vector, "lexical": lexical,
-                    "published_at": datetime.now(UTC).isoformat(timespec="seconds"), "previous": previous}
+                    "published_at": datetime.now(UTC).isoformat(timespec="seconds"), "previous": previous,
+                    # A rebuild from the catalogue folds no live update: the whole log replays on it.
+                    "updates_through": 0}
         (store.staging_path(run_id) / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         store.commit(run_id, keep=settings.retrieval.keep_versions)
         out.update(version=run_id, previous=previous, catalog=embedded["catalog"], path=str(store.current()))
