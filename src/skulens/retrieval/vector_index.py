@@ -236,27 +236,8 @@ class ShardedVectorIndex:
         return np.stack([self.shards[self._names[self._shard_of[r]]].reconstruct(int(self._local[r])) for r in rows])
 
     def recall_against_exact(self, vectors: np.ndarray, ids: np.ndarray, k: int = 10) -> float:
-        """Recall@k of routed search against exact inner-product search over all vectors.
-
-        Tie-aware: a returned item counts when its exact score reaches the k-th exact score (a
-        catalogue has many identical vectors, e.g. products with the same title and no photo, and
-        which of several equal candidates fills the last places is arbitrary)."""
-        import faiss
-
-        rng = np.random.default_rng(self.config.seed)
-        sample = rng.choice(len(vectors), min(self.config.gate_queries, len(vectors)), replace=False)
-        # Queries near, not equal to, catalogue vectors: real queries are never exact copies.
-        noise = rng.normal(scale=0.05, size=(len(sample), vectors.shape[1])).astype(np.float32)
-        queries = _normalise(vectors[sample] + noise)
-        exact = faiss.IndexFlatIP(vectors.shape[1])
-        exact.add(vectors)
-        scores, _ = exact.search(queries, k)
-        row = {pid: i for i, pid in enumerate(ids)}
-        hits = 0
-        for q, kth, got in zip(queries, scores[:, -1], self.search(queries, k), strict=True):
-            true = [float(vectors[row[pid]] @ q) for pid, _ in got]
-            hits += min(k, sum(t >= kth - 1e-5 for t in true))
-        return float(hits / (len(sample) * k))
+        """Recall@k of routed search against exact search over all vectors (:func:`recall_against_exact`)."""
+        return recall_against_exact(self.search, vectors, ids, k, self.config.gate_queries, self.config.seed)
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, folder: Path) -> Path:
@@ -308,3 +289,29 @@ class ShardedVectorIndex:
             columns = FilterColumns.from_table(pq.read_table(folder / "columns.parquet"))
         ids = np.load(folder / "ids.npy").astype(object)
         return cls(shards, shard_rows, ids, centroids, config, columns, manifest)
+
+
+def recall_against_exact(search: Any, vectors: np.ndarray, ids: Sequence[str], k: int = 10, queries: int = 500,
+                         seed: int = 13) -> float:
+    """Recall@k of ``search(queries, k)`` (any vector store) against exact inner-product search.
+
+    Tie-aware: a returned item counts when its exact score reaches the k-th exact score (a
+    catalogue has many identical vectors, e.g. products with the same title and no photo, and
+    which of several equal candidates fills the last places is arbitrary)."""
+    import faiss
+
+    vectors = _normalise(vectors)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(vectors), min(queries, len(vectors)), replace=False)
+    # Queries near, not equal to, catalogue vectors: real queries are never exact copies.
+    noise = rng.normal(scale=0.05, size=(len(sample), vectors.shape[1])).astype(np.float32)
+    probes = _normalise(vectors[sample] + noise)
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    scores, _ = exact.search(probes, k)
+    row = {pid: i for i, pid in enumerate(ids)}
+    hits = 0
+    for q, kth, got in zip(probes, scores[:, -1], search(probes, k), strict=True):
+        true = [float(vectors[row[pid]] @ q) for pid, _ in got]
+        hits += min(k, sum(t >= kth - 1e-5 for t in true))
+    return float(hits / (len(sample) * k))
