@@ -15,12 +15,13 @@ PYTEST_ARGS ?=
 setup:  ## build .venv from nothing (idempotent, seconds when up to date)
 	@scripts/setup.sh
 
-demo: setup  ## the main job: tables, events, catalog_ingest, train_and_export and build_index DAGs, summaries
+demo: setup  ## the main job: tables, events, catalog_ingest, train_and_export and build_index DAGs, eval
 	$(BIN)/skulens datasets build
 	$(BIN)/skulens datasets simulate-events --catalog homedepot
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline catalog-ingest
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline train-and-export
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline build-index
+	$(BIN)/skulens eval
 
 test: setup  ## every test: unit, then integration (real components)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

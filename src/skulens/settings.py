@@ -183,9 +183,18 @@ class VectorIndexSettings(_Model):
     exact_filter_below: int = Field(2000, ge=0)
 
 
+class MilvusSettings(_Model):
+    # A Milvus server (http://host:19530) or a local file served by milvus-lite.
+    uri: str = "milvus.db"
+    token: str | None = None
+
+
 class RetrievalSettings(_Model):
     catalog: str = "fashion"
     shard_level: int = Field(0, ge=0)
+    # Vector store build_index writes: faiss (embedded files) or milvus (collections + alias).
+    store: Literal["faiss", "milvus"] = "faiss"
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
     vector: VectorIndexSettings = Field(default_factory=VectorIndexSettings)
     lexical_boosts: dict[str, float] = Field(default_factory=lambda: {"title": 2.0, "attributes": 1.0,
                                                                       "category": 0.5})

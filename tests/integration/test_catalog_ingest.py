@@ -120,8 +120,9 @@ def test_train_and_export_dag_registers_and_gates(settings_at, airflow_db):
     assert alias_version(settings_at, "skulens-reranker", "challenger") == 1
 
 
-def test_build_index_dag_publishes_and_rolls_back(settings_at, airflow_db):
-    """Indexes the real fashion catalogue with the champion the previous test promoted (tiny model)."""
+def test_build_index_dag_publishes_and_rolls_back(settings_at, airflow_db, monkeypatch):
+    """Indexes the real fashion catalogue with the champion the previous test promoted (tiny model);
+    a second build goes to Milvus (milvus-lite) by configuration alone; rollback to the first."""
     from airflow.utils.state import DagRunState
 
     from skulens.pipelines.build_index import index_store, rollback, run_all
@@ -143,8 +144,18 @@ def test_build_index_dag_publishes_and_rolls_back(settings_at, airflow_db):
     assert vector.manifest["vectors"] == 42_874
     assert BM25Index.load(store.current() / "lexical").search("blue shirt", k=3)
 
-    run_all(settings_at, "second-build")  # a second version, then roll back to the first
+    from skulens.retrieval.embed import read_embeddings
+    from skulens.retrieval.milvus_store import MilvusVectorStore
+
+    monkeypatch.setenv("SKULENS__RETRIEVAL__STORE", "milvus")
+    run_all(load_settings("local"), "second-build")  # a second version, in Milvus; then roll back to the first
     assert store.current_id() == "second-build"
+    info = json.loads((store.current() / "vector" / "manifest.json").read_text())
+    assert info["kind"] == "milvus" and info["recall@10"] >= 0.95 and info["vectors"] == 42_874
+    served = MilvusVectorStore(MilvusVectorStore.connect(info["uri"]), "skulens_fashion_current")
+    ids, vectors, _ = read_embeddings(store.current() / "embeddings.parquet")
+    assert len(served) == 42_874 and served.search(vectors[100], k=1)[0][0][1] > 0.99
+    monkeypatch.delenv("SKULENS__RETRIEVAL__STORE")
     assert rollback(settings_at, "fashion") == first and store.current_id() == first
     assert ShardedVectorIndex.load(store.current() / "vector").manifest["model_version"] == "skulens-embedder/1"
 
@@ -180,3 +191,42 @@ def test_broken_input_stops_the_run_and_keeps_current_outputs(settings_at, airfl
     assert pairs_store(settings_at).current_id() == before["pairs"]
     assert pd.read_parquet(settings_at.tables_dir / "fashion" / "versions" / before["tables"] / "products.parquet",
                            columns=["product_id"]).shape[0] == 42_874
+
+
+def test_eval_and_live_updates_on_the_published_index(settings_at):
+    """skulens eval on the real judgments (small sample) and the tiny champion; then a live delete
+    and upsert on the published fashion index, compaction, reload."""
+    import numpy as np
+
+    from skulens.evaluation.harness import EvalConfig, run_eval
+    from skulens.pipelines.build_index import index_store
+    from skulens.retrieval.live import LiveIndex, compact
+
+    report = run_eval(settings_at, EvalConfig(max_test_queries=25, max_train_queries=40, max_corpus=1500,
+                                              rerank_depth=10))
+    judged = report["judged"]
+    for variant in ("clean", "noisy"):
+        assert set(judged["full_corpus"][variant]) == {"bm25", "dense", "hybrid_rrf", "hybrid_weighted",
+                                                       "hybrid_weighted+rerank"}
+    assert set(judged["rerank_setting"]) >= {"bm25", "dense", "hybrid_weighted", "cross_encoder"}
+    assert 0 <= judged["full_corpus"]["clean"]["bm25"]["nDCG@10"] <= 1 and 0 <= judged["fusion_weight"] <= 1
+    assert "image_to_image" in report["fashion"] and "hybrid_weighted" in report["fashion"]["text_to_image"]["clean"]
+    assert (settings_at.home / "reports" / "eval" / "latest.md").read_text().startswith("# skulens eval")
+
+    store = index_store(settings_at, "fashion")
+    live = LiveIndex.open(store.root)
+    victim, _ = live.search_text("blue shirt", k=1)[0]
+    vector = live.vectors([victim])[0]
+    live.delete([victim])
+    products = live.delta.products()  # empty, with the product columns of the log
+    fresh = np.roll(vector, 7)[None, :]
+    scarf = {"product_id": "new-1", "title": "Aurora silk scarf", "category_path": ["Accessories"],
+             "attributes": [("colour", "teal")], "price": 20.0, "image_uri": None}
+    live.upsert(products.from_pylist([scarf], schema=products.schema), fresh)
+    assert victim not in {p for p, _ in live.search(vector, k=50)[0]}
+    assert live.search_text("aurora scarf", k=1)[0][0] == "new-1"
+    assert compact(settings_at, "fashion")["compacted"]
+    reloaded = LiveIndex.open(store.root)
+    assert victim not in {p for p, _ in reloaded.search(vector, k=50)[0]}
+    assert victim not in {p for p, _ in reloaded.search_text("blue shirt", k=50)}
+    assert reloaded.search(fresh, k=1)[0][0][0] == "new-1"

@@ -104,3 +104,27 @@ def test_build_pairs_is_leak_free_and_rerunnable(spark, tiny):
         with tarfile.open(f"{first['path']}/{shard}") as tar:
             members += tar.getnames()
     assert sorted(members) == ["p1.jpg", "p1.json", "p3.jpg", "p3.json"]
+
+
+def test_embedder_runs_the_same_mapper_in_spark_as_locally(spark, tiny, tmp_path):
+    """Spark mapInPandas and the local runner give the same vectors (tiny random model)."""
+    import numpy as np
+
+    from skulens.data.catalog import catalog_dir, read_table
+    from skulens.models.two_tower import TwoTower
+    from skulens.retrieval.embed import EmbeddingMapper, embed_catalog, read_embeddings
+    from skulens.spark.embed_catalog import embed_with_spark
+
+    settings, _ = tiny
+    tower = TwoTower.build("skulens-tiny", cache_dir=tmp_path / "cache")
+    bundle = tower.save(tmp_path / "bundle")
+    local = embed_catalog(read_table(settings, "tiny", "products"), EmbeddingMapper(tower), tmp_path / "local.parquet",
+                          model_version="tiny/1")
+    summary = embed_with_spark(spark, catalog_dir(settings, "tiny") / "products.parquet", bundle,
+                               tmp_path / "spark", model_version="tiny/1", partitions=3, batch_size=2)
+    assert summary["products"] == local["products"] == 9 and summary["with_image"] == local["with_image"]
+    ids_l, vec_l, keys_l = read_embeddings(tmp_path / "local.parquet")
+    ids_s, vec_s, keys_s = read_embeddings(tmp_path / "spark")
+    order = [ids_s.index(pid) for pid in ids_l]
+    assert [keys_s[i] for i in order] == keys_l
+    assert np.allclose(vec_s[order], vec_l, atol=1e-5)

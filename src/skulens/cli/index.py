@@ -45,3 +45,15 @@ def rollback(
     settings = settings_from()
     catalog = catalog or settings.retrieval.catalog
     console.print(f"{catalog}: current index is now {do_rollback(settings, catalog, version)}")
+
+
+@app.command("compact")
+@fail_on_errors
+def compact(catalog: Annotated[str | None, typer.Argument(help="Catalogue (default: retrieval.catalog).")] = None
+            ) -> None:
+    """Fold the live upserts and deletes logged since the current version into a new version."""
+    from skulens.retrieval.live import compact as do_compact
+
+    settings = settings_from()
+    summary = do_compact(settings, catalog or settings.retrieval.catalog)
+    console.print(json.dumps(summary, indent=2), highlight=False)

@@ -132,6 +132,8 @@ def noisy_query(text: str, rng: random.Random) -> str:
         i = rng.choice(long)
         w, j = words[i], rng.randrange(1, len(words[i]) - 1)
         kind = rng.choice(("swap", "drop", "repeat"))
+        if kind == "swap" and w[j] == w[j + 1]:
+            kind = "drop"  # swapping two equal letters changes nothing
         words[i] = (w[:j] + w[j + 1] + w[j] + w[j + 2:] if kind == "swap" else
                     w[:j] + w[j + 1:] if kind == "drop" else w[:j] + w[j] + w[j:])
     return " ".join(words) or text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,14 +65,21 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
         return out
 
 
+def milvus_collection(catalog: str, run_id: str) -> str:
+    """A valid Milvus collection name for one build."""
+    return "skulens_" + re.sub(r"[^0-9A-Za-z_]", "_", f"{catalog}__{run_id}")[:200]
+
+
 def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
-    """Sharded FAISS over the fused vectors; raises RecallGateError below the configured recall."""
+    """The vector store over the fused vectors (FAISS shards or a Milvus collection, per
+    ``retrieval.store``); raises RecallGateError below the configured recall."""
     from dataclasses import asdict
 
     from skulens.data.catalog import read_table
     from skulens.retrieval.embed import read_embeddings
     from skulens.retrieval.filters import FilterColumns
-    from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+    from skulens.retrieval.stores import build_vector_store
+    from skulens.retrieval.vector_index import VectorIndexConfig
 
     with stage(settings, PIPELINE, run_id, "build_vector") as out:
         embedded = _previous(settings, run_id, "embed")
@@ -79,12 +87,40 @@ def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
         ids, vectors, keys = read_embeddings(folder / "embeddings.parquet")
         config = VectorIndexConfig(**settings.retrieval.vector.model_dump())
         columns = FilterColumns.from_products(read_table(settings, embedded["catalog"], "products"), order=ids)
-        index = ShardedVectorIndex.build(ids, vectors, keys, config, model_version=embedded["model_version"],
-                                         columns=columns)
-        index.save(folder / "vector")
-        out.update({k: index.manifest[k] for k in ("vectors", "dim", "shards", "merged_categories", "recall@10",
-                                                   "build_s")}, config=asdict(config))
+        kind = settings.retrieval.store
+        options = {}
+        if kind == "milvus":
+            uri = settings.retrieval.milvus.uri
+            if "://" not in uri:
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            options = {"uri": uri, "token": settings.retrieval.milvus.token,
+                       "collection": milvus_collection(embedded["catalog"], run_id)}
+        index = build_vector_store(kind, ids, vectors, keys, columns, config, embedded["model_version"], **options)
+        if kind == "milvus":
+            (folder / "vector").mkdir(parents=True, exist_ok=True)
+            (folder / "vector" / "manifest.json").write_text(json.dumps({**index.manifest, "uri": options["uri"]},
+                                                                        indent=2), encoding="utf-8")
+            out.update(store="milvus", collection=options["collection"], vectors=len(ids), dim=int(vectors.shape[1]),
+                       build_s=index.manifest["build_s"])
+        else:
+            index.save(folder / "vector")
+            out.update({k: index.manifest[k] for k in ("vectors", "dim", "shards", "merged_categories", "build_s")},
+                       store="faiss")
+        out.update({"recall@10": index.manifest["recall@10"], "config": asdict(config)})
         return out
+
+
+def _point_milvus_alias(settings: Settings, catalog: str, version_dir: Path) -> str | None:
+    """For a Milvus-backed version, move the ``<catalog>_current`` alias to its collection."""
+    manifest = version_dir / "vector" / "manifest.json"
+    info = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    if info.get("kind") != "milvus":
+        return None
+    from skulens.retrieval.milvus_store import MilvusVectorStore
+
+    client = MilvusVectorStore.connect(info["uri"], settings.retrieval.milvus.token)
+    MilvusVectorStore(client, info["collection"]).publish_as(f"skulens_{catalog}_current")
+    return info["collection"]
 
 
 def build_lexical(settings: Settings, run_id: str) -> dict[str, Any]:
@@ -121,7 +157,9 @@ def publish(settings: Settings, run_id: str) -> dict[str, Any]:
                     "updates_through": 0}
         (store.staging_path(run_id) / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         store.commit(run_id, keep=settings.retrieval.keep_versions)
-        out.update(version=run_id, previous=previous, catalog=embedded["catalog"], path=str(store.current()))
+        alias_target = _point_milvus_alias(settings, embedded["catalog"], store.current())
+        out.update(version=run_id, previous=previous, catalog=embedded["catalog"], path=str(store.current()),
+                   milvus_alias_target=alias_target)
         return out
 
 
@@ -163,6 +201,7 @@ def rollback(settings: Settings, catalog: str, version: str | None = None) -> st
     if version not in versions:
         raise ValueError(f"index version {version!r} of {catalog} does not exist; known: {', '.join(versions)}")
     store.set_current(version)
+    _point_milvus_alias(settings, catalog, store.versions / version)
     return version
 
 

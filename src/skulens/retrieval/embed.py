@@ -9,8 +9,9 @@
 * **writer**: ``embeddings.parquet`` (product_id, shard key, has_image, title/image/fused vectors
   as fixed-size float32 lists) with the model version in the file metadata.
 
-The mapper works on a pandas batch and returns one, so the same object can run inside a Spark
-``mapInPandas`` job for catalogues beyond one machine.
+The mapper takes a batch of columns and returns one, so the same object runs locally
+(:func:`embed_catalog`) or inside a Spark ``mapInPandas`` job for catalogues beyond one machine
+(:mod:`skulens.spark.embed_catalog`, ``spark_jobs/embed_catalog.py``).
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ def embed_catalog(products: pa.Table, mapper: EmbeddingMapper, target: Path, *, 
 
 def read_embeddings(path: Path, column: str = "fused_vec") -> tuple[list[str], np.ndarray, list[str | None]]:
     """(ids, vectors, shard keys) from an embeddings file."""
-    table = pq.read_table(path, columns=["product_id", "shard_key", column])
+    table = pq.read_table(path, columns=["product_id", "shard_key", column])  # a file, or a Spark folder
     vec = table.column(column).combine_chunks()
-    dim = vec.type.list_size
-    arr = np.asarray(vec.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    flat = np.asarray(vec.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    arr = flat.reshape(len(vec), -1) if len(vec) else flat.reshape(0, 0)
     return table.column("product_id").to_pylist(), arr, table.column("shard_key").to_pylist()

@@ -180,6 +180,10 @@ class LiveIndex:
         current = VersionedDir(Path(root)).current()
         if current is None:
             raise FileNotFoundError(f"no published index under {root}; run the build_index pipeline first")
+        info = json.loads((current / "vector" / "manifest.json").read_text(encoding="utf-8"))
+        if info.get("kind") == "milvus":
+            raise ValueError(f"{current.name} is served by Milvus, which takes upserts and deletes itself "
+                             "(MilvusVectorStore.upsert / delete); the update log is for FAISS versions")
         return cls(root, current, ShardedVectorIndex.load(current / "vector"), BM25Index.load(current / "lexical"))
 
     # -- changes -------------------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""The eval harness' inputs: judgments files in both formats, query splits, noisy queries, report."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from skulens.evaluation.harness import load_judgments, markdown, noisy_query, query_splits, score_run, to_rel
+
+
+def test_judgments_load_from_canonical_parquet_csv_and_home_depot_csv(tmp_path):
+    pq.write_table(pa.table({"query": ["red shirt"], "product_id": ["p1"], "grade": [2]}), tmp_path / "j.parquet")
+    canonical = load_judgments(tmp_path / "j.parquet")
+    assert canonical.to_pylist() == [{"query": "red shirt", "product_id": "p1", "grade": 2.0,
+                                      "source": "file:j.parquet"}]
+    (tmp_path / "j.csv").write_text("query,product_id,grade\nblue hat,7,1\n")
+    assert load_judgments(tmp_path / "j.csv").column("product_id").to_pylist() == ["7"]
+    (tmp_path / "hd.csv").write_text("id,product_uid,product_title,search_term,relevance\n"
+                                     "1,100001,Angle bracket,angle bracket,3\n")
+    hd = load_judgments(tmp_path / "hd.csv")
+    assert hd.column("source").to_pylist() == ["homedepot:human"] and to_rel(3.0, "homedepot:human") == 6
+    (tmp_path / "bad.csv").write_text("q,p\na,b\n")
+    with pytest.raises(ValueError, match="columns grade, product_id, query missing"):
+        load_judgments(tmp_path / "bad.csv")
+    with pytest.raises(FileNotFoundError):
+        load_judgments(tmp_path / "nope.csv")
+
+
+def test_query_splits_are_stable_without_training_pairs(settings):
+    queries = [f"query {i}" for i in range(400)]
+    first = query_splits(settings, queries, 0.2, seed=0)
+    assert first == query_splits(settings, list(reversed(queries)), 0.2, seed=0)
+    assert 0.1 < sum(s == "test" for s in first.values()) / len(queries) < 0.3
+
+
+def test_noisy_queries_change_one_thing_and_are_seeded():
+    rng = random.Random(1)
+    noisy = [noisy_query("cordless hammer drill", rng) for _ in range(50)]
+    assert all(n != "cordless hammer drill" for n in noisy)
+    assert len({n for n in noisy if len(n.split()) == 2}) > 0  # some dropped a word
+    assert noisy == [noisy_query("cordless hammer drill", r) for r in [random.Random(1)] for _ in range(50)]
+    assert noisy_query("tv", random.Random(0)) == "tv"  # nothing to corrupt
+
+
+def test_scores_and_markdown_of_a_report():
+    qrels = {"q1": {"a": 6, "b": 0}, "q2": {"c": 5}}
+    run = {"q1": {"a": 2.0, "b": 1.0}, "q2": {"x": 1.0}}
+    scores = score_run(qrels, run, relevant=4)
+    assert scores["MRR"] == pytest.approx(0.5) and scores["zero_useful@10"] == pytest.approx(0.5)
+    row = {**scores, "ms_per_query": 1.0}
+    report = {"written_at": "now", "reranker": "none", "judged": {
+        "catalog": "shop", "queries": {"kind": "real", "test": 2, "train_for_fusion": 3},
+        "corpus": {"products": 3, "encoder": "minilm", "vector_index": "hnsw", "index_recall@10": 1.0},
+        "fusion_weight": 0.3, "rerank_depth": 10, "rerank_blend": None, "relevant_grade": 4,
+        "full_corpus": {"clean": {"bm25": row}}, "rerank_setting": {"bm25": scores}}}
+    text = markdown(report)
+    assert "**Full corpus, clean queries**" in text and f"| bm25 | {scores['nDCG@10']:.4f} |" in text
+    assert "## fashion" not in text  # no fashion section without a fashion report
