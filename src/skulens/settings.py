@@ -171,7 +171,7 @@ class ModelsSettings(_Model):
 
 
 class VectorIndexSettings(_Model):
-    kind: Literal["hnsw", "hnsw_sq8", "flat"] = "hnsw"
+    kind: Literal["hnsw", "hnsw_sq8", "flat", "auto"] = "hnsw"
     m: int = Field(32, ge=4)
     ef_construction: int = Field(80, ge=8)
     ef_search: int = Field(64, ge=1)
@@ -181,6 +181,9 @@ class VectorIndexSettings(_Model):
     min_recall: float = Field(0.95, ge=0, le=1)
     gate_queries: int = Field(500, ge=10)
     exact_filter_below: int = Field(2000, ge=0)
+    memory_budget_mb: float | None = Field(None, gt=0)
+    latency_budget_ms: float | None = Field(None, gt=0)
+    tune_ef: bool = True
 
 
 class MilvusSettings(_Model):

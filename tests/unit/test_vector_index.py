@@ -103,3 +103,23 @@ def test_filtering_an_index_without_columns_is_a_clear_error():
     index = ShardedVectorIndex.build(ids, vectors, keys, VectorIndexConfig(min_shard_size=100, gate_queries=50))
     with pytest.raises(ValueError, match="built without filter columns"):
         index.search(vectors[0], filters=Filters.parse({"category": "x"}))
+
+
+def test_index_is_chosen_to_a_memory_budget_and_ef_tuned_to_the_recall_target():
+    from skulens.retrieval.vector_index import choose_kind, estimate_mb
+
+    ids, vectors, keys = _clustered()
+    n, dim = len(ids), vectors.shape[1]
+    roomy = VectorIndexConfig(kind="auto", memory_budget_mb=estimate_mb("hnsw", n, dim, 32) + 1)
+    tight = VectorIndexConfig(kind="auto", memory_budget_mb=estimate_mb("hnsw_sq8", n, dim, 32) + 0.01)
+    assert choose_kind(roomy, n, dim) == "hnsw" and choose_kind(tight, n, dim) == "hnsw_sq8"
+    with pytest.raises(ValueError, match="even with SQ8"):
+        choose_kind(VectorIndexConfig(kind="auto", memory_budget_mb=0.01), n, dim)
+    with pytest.raises(ValueError, match="over the memory budget"):
+        choose_kind(VectorIndexConfig(kind="hnsw", memory_budget_mb=0.01), n, dim)
+    config = VectorIndexConfig(min_shard_size=100, gate_queries=200, ef_search=1, m=4, ef_construction=8,
+                               tune_ef=True, min_recall=0.9, latency_budget_ms=1000)
+    index = ShardedVectorIndex.build(ids, vectors, keys, config)
+    assert index.manifest["recall@10"] >= 0.9 and index.config.ef_search > 1
+    assert index.manifest["config"]["ef_search"] == index.config.ef_search
+    assert index.manifest["within_latency_budget"] is True and index.manifest["latency_p50_ms"] > 0

@@ -27,7 +27,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +45,8 @@ class RecallGateError(RuntimeError):
 
 @dataclass(frozen=True)
 class VectorIndexConfig:
-    kind: Literal["hnsw", "hnsw_sq8", "flat"] = "hnsw"
+    # "auto": hnsw when the estimated index fits memory_budget_mb, else hnsw_sq8 (see choose_kind).
+    kind: Literal["hnsw", "hnsw_sq8", "flat", "auto"] = "hnsw"
     m: int = 32
     ef_construction: int = 80
     ef_search: int = 64
@@ -55,7 +56,41 @@ class VectorIndexConfig:
     min_recall: float = 0.95
     gate_queries: int = 500
     exact_filter_below: int = 2000
+    # Budgets (None: no budget). With tune_ef the build sweeps ef_search upwards from ef_search and
+    # keeps the smallest value that passes the recall gate: the fastest index at the target recall.
+    memory_budget_mb: float | None = None
+    latency_budget_ms: float | None = None
+    tune_ef: bool = False
     seed: int = 13
+
+
+EF_SWEEP = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def estimate_mb(kind: str, n: int, dim: int, m: int) -> float:
+    """Index memory estimate: the vectors (4 bytes per value, 1 with SQ8) plus HNSW links
+    (about 2·M neighbours of 4 bytes per vector at level 0, plus upper levels)."""
+    per_vector = {"flat": 4 * dim, "hnsw": 4 * dim + 8 * m + 16, "hnsw_sq8": dim + 8 * m + 16}[kind]
+    return n * per_vector * 1.05 / 2**20
+
+
+def choose_kind(config: VectorIndexConfig, n: int, dim: int) -> str:
+    """The index kind for ``n`` vectors: the configured one, or for ``auto`` the most exact kind
+    whose estimate fits ``memory_budget_mb`` (ValueError when none does)."""
+    if config.kind != "auto":
+        kind = config.kind
+    else:
+        budget = config.memory_budget_mb
+        fitting = [k for k in ("hnsw", "hnsw_sq8") if budget is None or estimate_mb(k, n, dim, config.m) <= budget]
+        if not fitting:
+            raise ValueError(f"{n:,} vectors of {dim} dimensions need about "
+                             f"{estimate_mb('hnsw_sq8', n, dim, config.m):,.0f} MB even with SQ8, over the memory "
+                             f"budget of {budget:,.0f} MB: raise the budget, lower m, or use the milvus store")
+        kind = fitting[0]
+    if config.memory_budget_mb is not None and estimate_mb(kind, n, dim, config.m) > config.memory_budget_mb:
+        raise ValueError(f"kind {kind} needs about {estimate_mb(kind, n, dim, config.m):,.0f} MB for {n:,} vectors, "
+                         f"over the memory budget of {config.memory_budget_mb:,.0f} MB (try kind: auto)")
+    return kind
 
 
 def _new_index(dim: int, size: int, config: VectorIndexConfig):  # noqa: ANN202 - faiss.Index
@@ -131,6 +166,7 @@ class ShardedVectorIndex:
             raise ValueError(f"filter columns have {len(columns.prices)} rows for {len(ids)} ids")
         started = time.perf_counter()
         vectors = _normalise(vectors)
+        config = replace(config, kind=choose_kind(config, len(ids), vectors.shape[1]))
         keys = np.array([k or MERGED for k in shard_keys], dtype=object)
         names, counts = np.unique(keys, return_counts=True)
         small = {n for n, c in zip(names, counts, strict=True) if c < config.min_shard_size}
@@ -148,17 +184,48 @@ class ShardedVectorIndex:
             centroids[name] = _normalise(vectors[rows].mean(axis=0, keepdims=True))[0]
         built = cls(shards, shard_rows, id_array, centroids, config, columns)
         recall = built.recall_against_exact(vectors, id_array)
+        if config.tune_ef:
+            recall = built._tune_ef(vectors, id_array, recall)
+            config = built.config
+        latency = built._latency_ms(vectors)
         built.manifest = {
             "kind": "faiss-sharded", "model_version": model_version, "vectors": len(ids),
             "dim": int(vectors.shape[1]), "shards": {n: len(shard_rows[n]) for n in sorted(shards)},
             "merged_categories": sorted(str(s) for s in small), "config": asdict(config),
             "recall@10": recall, "build_s": round(time.perf_counter() - started, 2),
+            "latency_p50_ms": latency, "estimated_mb": round(estimate_mb(config.kind, len(ids), vectors.shape[1],
+                                                                          config.m), 1),
+            "within_latency_budget": None if config.latency_budget_ms is None else
+            latency <= config.latency_budget_ms,
         }
         if recall < config.min_recall:
             raise RecallGateError(f"recall@10 against exact search is {recall:.4f} < {config.min_recall} "
                                   f"({config.gate_queries} sampled queries, kind {config.kind}, ef_search "
                                   f"{config.ef_search}, route_top_n {config.route_top_n})")
         return built
+
+    def _tune_ef(self, vectors: np.ndarray, ids: np.ndarray, recall: float) -> float:
+        """Raise ef_search along EF_SWEEP until the recall gate passes (keeps the configured ef when
+        it already passes)."""
+        for ef in [e for e in EF_SWEEP if e > self.config.ef_search]:
+            if recall >= self.config.min_recall:
+                break
+            self.config = replace(self.config, ef_search=ef)
+            for index in self.shards.values():
+                _set_ef(index, ef)
+            recall = self.recall_against_exact(vectors, ids)
+        return recall
+
+    def _latency_ms(self, vectors: np.ndarray, probes: int = 200) -> float:
+        """Median single-query search time (ms) on catalogue vectors, as built."""
+        rng = np.random.default_rng(self.config.seed + 1)
+        sample = vectors[rng.choice(len(vectors), min(probes, len(vectors)), replace=False)]
+        times = []
+        for q in sample:
+            t = time.perf_counter()
+            self.search(q, 10)
+            times.append(time.perf_counter() - t)
+        return round(float(np.median(times)) * 1000, 3)
 
     # -- search --------------------------------------------------------------------------------
     def route(self, query: np.ndarray, among: Sequence[str] | None = None) -> list[str]:
