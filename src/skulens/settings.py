@@ -171,7 +171,7 @@ class ModelsSettings(_Model):
 
 
 class VectorIndexSettings(_Model):
-    kind: Literal["hnsw", "hnsw_sq8", "flat", "auto"] = "hnsw"
+    kind: Literal["hnsw", "hnsw_sq8", "hnsw_pq", "flat", "auto"] = "hnsw"
     m: int = Field(32, ge=4)
     ef_construction: int = Field(80, ge=8)
     ef_search: int = Field(64, ge=1)
@@ -184,6 +184,7 @@ class VectorIndexSettings(_Model):
     memory_budget_mb: float | None = Field(None, gt=0)
     latency_budget_ms: float | None = Field(None, gt=0)
     tune_ef: bool = True
+    pq_bytes: int | None = Field(None, ge=1)
 
 
 class MilvusSettings(_Model):

@@ -78,3 +78,17 @@ def test_bad_filters_are_named(raw, message):
 def test_unknown_field_boost_is_refused():
     with pytest.raises(ValueError, match="unknown lexical field brandname"):
         BM25Index.build(_products(), LexicalConfig(boosts={"brandname": 1.0}))
+
+
+def test_external_documents_score_like_indexed_ones():
+    """A product scored outside the index gets (about) the score it gets once indexed."""
+    from skulens.retrieval.lexical import product_documents
+
+    products = _products()
+    index = BM25Index.build(products.slice(0, 4))
+    full = BM25Index.build(products)
+    outside = [d for d in product_documents(products) if d["id"] == "p5"]
+    for query in ("drill press", "red stand", "drills"):
+        indexed = dict(full.search(query, k=5)).get("p5", 0.0)
+        assert index.score_external(query, outside)[0] == pytest.approx(indexed, rel=0.15)
+    assert index.score_external("", outside) == [0.0]

@@ -73,6 +73,18 @@ def _columns(n: int) -> FilterColumns:
                          attributes=[{"colour": "red" if i % 7 == 0 else "blue"} for i in range(n)])
 
 
+def test_pq_kind_stores_short_codes_behind_the_same_gate(tmp_path):
+    import faiss
+
+    ids, vectors, keys = _clustered()
+    config = VectorIndexConfig(kind="hnsw_pq", min_shard_size=100, gate_queries=100, min_recall=0.5, pq_bytes=8)
+    index = ShardedVectorIndex.load(ShardedVectorIndex.build(ids, vectors, keys, config).save(tmp_path / "pq"))
+    codes = {faiss.downcast_index(faiss.downcast_index(s).storage).code_size for s in index.shards.values()
+             if hasattr(faiss.downcast_index(s), "hnsw")}
+    assert codes == {8}  # 8 bytes per vector instead of 4 x 32
+    assert 0.5 <= index.manifest["recall@10"] and index.search(vectors[0], k=3)[0]
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "hnsw_sq8"])
 def test_filters_and_exclusions_apply_inside_the_search(tmp_path, kind):
     ids, vectors, keys = _clustered()
@@ -113,7 +125,9 @@ def test_index_is_chosen_to_a_memory_budget_and_ef_tuned_to_the_recall_target():
     roomy = VectorIndexConfig(kind="auto", memory_budget_mb=estimate_mb("hnsw", n, dim, 32) + 1)
     tight = VectorIndexConfig(kind="auto", memory_budget_mb=estimate_mb("hnsw_sq8", n, dim, 32) + 0.01)
     assert choose_kind(roomy, n, dim) == "hnsw" and choose_kind(tight, n, dim) == "hnsw_sq8"
-    with pytest.raises(ValueError, match="even with SQ8"):
+    assert choose_kind(VectorIndexConfig(kind="auto", memory_budget_mb=estimate_mb("hnsw_pq", n, dim, 32) + 0.01),
+                       n, dim) == "hnsw_pq"
+    with pytest.raises(ValueError, match="even with PQ"):
         choose_kind(VectorIndexConfig(kind="auto", memory_budget_mb=0.01), n, dim)
     with pytest.raises(ValueError, match="over the memory budget"):
         choose_kind(VectorIndexConfig(kind="hnsw", memory_budget_mb=0.01), n, dim)

@@ -412,6 +412,7 @@ def run_eval(settings: Settings, cfg: EvalConfig | None = None, *, catalog: str 
             report["fashion"] = evaluate_fashion(settings, cfg, fashion)
         except (LookupError, FileNotFoundError) as exc:
             report["fashion"] = {"skipped": str(exc)}
+    report["written_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     folder = settings.home / "reports" / "eval"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "latest.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,17 @@ def product_documents(products: pa.Table) -> Iterable[dict[str, Any]]:
                "attr": [f"{k.casefold()}={v.casefold()}" for k, v in attrs], "price": price}
 
 
+def analyzer(config: LexicalConfig):  # noqa: ANN201 - tantivy.TextAnalyzer
+    """A Python-side copy of the text fields' analyser (tantivy's ``en_stem`` / ``default``)."""
+    import tantivy
+
+    builder = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).filter(tantivy.Filter.remove_long(40)) \
+        .filter(tantivy.Filter.lowercase())
+    if config.tokenizer == "en_stem":
+        builder = builder.filter(tantivy.Filter.stemmer("english"))
+    return builder.build()
+
+
 def _document(doc: Mapping[str, Any]):  # noqa: ANN202 - tantivy.Document
     import tantivy
 
@@ -111,13 +122,19 @@ class BM25Index:
         writer = index.writer(heap_size=config.writer_heap_mb * 1_000_000, num_threads=1)
         documents = product_documents(products) if isinstance(products, pa.Table) else products
         count = 0
+        tokens = dict.fromkeys(TEXT_FIELDS, 0)
+        analyse = analyzer(config).analyze
         for doc in documents:
             writer.add_document(_document(doc))
             count += 1
+            for name in TEXT_FIELDS:
+                tokens[name] += len(analyse(doc[name])) if doc[name] else 0
         writer.commit()
         writer.wait_merging_threads()
         manifest = {"kind": "bm25", "engine": f"tantivy {getattr(tantivy, '__version__', '')}".strip(),
                     "documents": count, "config": asdict(config), "build_s": round(time.perf_counter() - started, 2),
+                    # Average tokens per field: BM25 of documents outside the index (live updates).
+                    "avg_tokens": {name: tokens[name] / max(count, 1) for name in TEXT_FIELDS},
                     "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if folder is not None:
             (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
@@ -158,6 +175,36 @@ class BM25Index:
     def doc_frequency(self, word: str, field_name: str = "title") -> int:
         """How many documents contain ``word`` (already analysed) in ``field_name``."""
         return int(self._searcher.doc_freq(field_name, word))
+
+    def score_external(self, query: str, documents: Sequence[Mapping[str, Any]]) -> list[float]:
+        """BM25 (tantivy's formula: k1 1.2, b 0.75, per-field boosts) of documents that are not in
+        this index, with this index's statistics plus theirs: document frequencies of the index and
+        these documents, the index's average field lengths. Live-updated products so rank beside
+        indexed ones as if they had been indexed with them."""
+        import math
+
+        analyse = analyzer(self.config).analyze
+        terms = sorted(set(analyse(" ".join(w.lower() for w in _WORD.findall(query or "")))))
+        if not terms or not documents:
+            return [0.0] * len(documents)
+        avg = self.manifest.get("avg_tokens") or {}
+        total = self.documents + len(documents)
+        scores = [0.0] * len(documents)
+        for name, boost in self.config.boosts.items():
+            if boost <= 0:
+                continue
+            fields = [analyse(d.get(name) or "") for d in documents]
+            avgdl = avg.get(name) or (sum(map(len, fields)) / len(fields)) or 1.0
+            for term in terms:
+                df = self.doc_frequency(term, name) + sum(term in f for f in fields)
+                if df == 0:
+                    continue
+                idf = math.log(1 + (total - df + 0.5) / (df + 0.5))
+                for i, f in enumerate(fields):
+                    tf = f.count(term)
+                    if tf:
+                        scores[i] += boost * idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(f) / avgdl))
+        return scores
 
     @classmethod
     def load(cls, folder: Path) -> BM25Index:

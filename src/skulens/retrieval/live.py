@@ -7,8 +7,9 @@ and a :class:`LiveIndex` serves *version + log*:
 * **tombstones**: every id deleted or upserted after the version; they are excluded *inside* the
   base searches (FAISS selector, tantivy prohibited clause), so a deleted product can never
   reappear and an updated one never shows its old vector or title;
-* **delta**: the latest upserted rows, searched exactly (vectors) and by a small in-RAM tantivy
-  index (lexical; its BM25 statistics are the delta's own until compaction), merged by score.
+* **delta**: the latest upserted rows, searched exactly (vectors) and scored by BM25 with the base
+  index's statistics (lexical: the same formula, document frequencies and field lengths, so a new
+  product ranks as it will after compaction), merged with the base results by score.
 
 :func:`compact` folds the log into a new version (recall gate, atomic publish, ``updates_through``
 in its manifest), so a reload replays only newer entries; a rollback to an older version replays
@@ -109,7 +110,6 @@ class _Delta:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.vectors: dict[str, np.ndarray] = {}
-        self.lexical: Any = None
 
     def apply(self, table: pa.Table) -> set[str]:
         ids = table.column("product_id").to_pylist()
@@ -122,7 +122,6 @@ class _Delta:
                               dtype=np.float32).reshape(len(ids), -1)
             for row, vec in zip(table.drop_columns(["vector"]).to_pylist(), vecs, strict=True):
                 self.rows[row["product_id"]], self.vectors[row["product_id"]] = row, vec
-        self.lexical = None
         return set(ids)
 
     def products(self) -> pa.Table:
@@ -146,14 +145,23 @@ class _Delta:
         return [(ids[i], float(scores[i])) for i in top]
 
     def search_text(self, text: str, k: int, filters: Filters | None, exclude: Collection[str],
-                    only: Collection[str] | None, config: Any) -> Hits:
-        from skulens.retrieval.lexical import BM25Index
+                    only: Collection[str] | None, base: Any) -> Hits:
+        """BM25 of the live rows with the base index's statistics (:meth:`BM25Index.score_external`),
+        so a new product ranks as it will after compaction."""
+        from skulens.retrieval.lexical import product_documents
 
-        if not self.rows:
+        ids = [pid for pid in self.rows if pid not in exclude and (only is None or pid in only)]
+        if not ids:
             return []
-        if self.lexical is None:
-            self.lexical = BM25Index.build(self.products(), config)
-        return self.lexical.search(text, k=k, filters=filters, exclude=exclude, only=only)
+        products = self.products()
+        if filters is not None and not filters.empty:
+            mask = FilterColumns.from_products(products, order=ids).mask(filters)
+            ids = [pid for pid, keep in zip(ids, mask, strict=True) if keep]
+        wanted = set(ids)
+        docs = [d for d in product_documents(products) if d["id"] in wanted]
+        scores = base.score_external(text, docs)
+        hits = sorted(((d["id"], s) for d, s in zip(docs, scores, strict=True) if s > 0), key=lambda h: -h[1])
+        return hits[:k]
 
 
 class LiveIndex:
@@ -229,7 +237,7 @@ class LiveIndex:
     def search_text(self, query: str, k: int = 10, filters: Filters | None = None, exclude: Collection[str] = (),
                     only: Collection[str] | None = None) -> Hits:
         base = self.base_lexical.search(query, k=k, filters=filters, exclude=self.tombstones | set(exclude), only=only)
-        delta = self.delta.search_text(query, k, filters, exclude, only, self.base_lexical.config)
+        delta = self.delta.search_text(query, k, filters, exclude, only, self.base_lexical)
         return sorted(base + delta, key=lambda h: -h[1])[:k]
 
     @property

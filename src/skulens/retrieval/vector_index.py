@@ -6,7 +6,9 @@
   ``route_top_n`` shards whose centroids score highest, or to every shard when the router is
   unsure (the best and the N-th best centroid scores are within ``route_margin``).
 * **Kinds**: ``hnsw`` (HNSW over full vectors), ``hnsw_sq8`` (HNSW over 8-bit scalar-quantized
-  vectors, 4x less memory), ``flat`` (exact, for small shards and as the reference).
+  vectors, 4x less memory), ``hnsw_pq`` (HNSW over product-quantized codes, ``pq_bytes`` per
+  vector, 16x less at the default; lower recall, so the gate decides), ``flat`` (exact, for small
+  shards and as the reference); ``auto`` picks the most exact kind within ``memory_budget_mb``.
 * **Filters and exclusions** (:class:`~skulens.retrieval.filters.Filters`, deleted ids) are applied
   inside the search: HNSW shards search with a FAISS ``IDSelectorBitmap`` of the passing rows, and
   a shard where at most ``exact_filter_below`` rows pass is searched exactly over those rows (a
@@ -46,7 +48,7 @@ class RecallGateError(RuntimeError):
 @dataclass(frozen=True)
 class VectorIndexConfig:
     # "auto": hnsw when the estimated index fits memory_budget_mb, else hnsw_sq8 (see choose_kind).
-    kind: Literal["hnsw", "hnsw_sq8", "flat", "auto"] = "hnsw"
+    kind: Literal["hnsw", "hnsw_sq8", "hnsw_pq", "flat", "auto"] = "hnsw"
     m: int = 32
     ef_construction: int = 80
     ef_search: int = 64
@@ -61,6 +63,7 @@ class VectorIndexConfig:
     memory_budget_mb: float | None = None
     latency_budget_ms: float | None = None
     tune_ef: bool = False
+    pq_bytes: int | None = None  # hnsw_pq: bytes per vector (sub-quantizers of 8 bits); None: dim / 4
     seed: int = 13
 
 
@@ -70,7 +73,8 @@ EF_SWEEP = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 def estimate_mb(kind: str, n: int, dim: int, m: int) -> float:
     """Index memory estimate: the vectors (4 bytes per value, 1 with SQ8) plus HNSW links
     (about 2·M neighbours of 4 bytes per vector at level 0, plus upper levels)."""
-    per_vector = {"flat": 4 * dim, "hnsw": 4 * dim + 8 * m + 16, "hnsw_sq8": dim + 8 * m + 16}[kind]
+    per_vector = {"flat": 4 * dim, "hnsw": 4 * dim + 8 * m + 16, "hnsw_sq8": dim + 8 * m + 16,
+                  "hnsw_pq": max(1, dim // 4) + 8 * m + 16}[kind]
     return n * per_vector * 1.05 / 2**20
 
 
@@ -81,10 +85,11 @@ def choose_kind(config: VectorIndexConfig, n: int, dim: int) -> str:
         kind = config.kind
     else:
         budget = config.memory_budget_mb
-        fitting = [k for k in ("hnsw", "hnsw_sq8") if budget is None or estimate_mb(k, n, dim, config.m) <= budget]
+        fitting = [k for k in ("hnsw", "hnsw_sq8", "hnsw_pq")
+                   if budget is None or estimate_mb(k, n, dim, config.m) <= budget]
         if not fitting:
             raise ValueError(f"{n:,} vectors of {dim} dimensions need about "
-                             f"{estimate_mb('hnsw_sq8', n, dim, config.m):,.0f} MB even with SQ8, over the memory "
+                             f"{estimate_mb('hnsw_pq', n, dim, config.m):,.0f} MB even with PQ, over the memory "
                              f"budget of {budget:,.0f} MB: raise the budget, lower m, or use the milvus store")
         kind = fitting[0]
     if config.memory_budget_mb is not None and estimate_mb(kind, n, dim, config.m) > config.memory_budget_mb:
@@ -100,10 +105,18 @@ def _new_index(dim: int, size: int, config: VectorIndexConfig):  # noqa: ANN202 
         return faiss.IndexFlatIP(dim)
     if config.kind == "hnsw_sq8":
         index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, config.m, faiss.METRIC_INNER_PRODUCT)
+    elif config.kind == "hnsw_pq":
+        index = faiss.IndexHNSWPQ(dim, _pq_codes(dim, config), config.m, 8, faiss.METRIC_INNER_PRODUCT)
     else:
         index = faiss.IndexHNSWFlat(dim, config.m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = config.ef_construction
     return index
+
+
+def _pq_codes(dim: int, config: VectorIndexConfig) -> int:
+    """Sub-quantizers of the PQ kind: ``pq_bytes`` (default dim / 4), a divisor of ``dim``."""
+    wanted = config.pq_bytes or max(1, dim // 4)
+    return max(d for d in range(1, min(wanted, dim) + 1) if dim % d == 0)
 
 
 def _set_ef(index, ef: int) -> None:  # noqa: ANN001
@@ -176,7 +189,7 @@ class ShardedVectorIndex:
         for name in sorted(set(keys)):
             rows = np.flatnonzero(keys == name)
             index = _new_index(vectors.shape[1], len(rows), config)
-            if config.kind == "hnsw_sq8" and not index.is_trained:
+            if config.kind in ("hnsw_sq8", "hnsw_pq") and not index.is_trained:
                 index.train(vectors[rows])
             index.add(vectors[rows])
             _set_ef(index, config.ef_search)
