@@ -32,9 +32,9 @@ def main() -> None:
                   "`.venv/bin/python benchmarks/bench_eval.py --from-report`"
     else:
         report = run_eval(settings)
-        command = f"`.venv/bin/python benchmarks/bench_eval.py {' '.join(sys.argv[1:])}`".rstrip()
+        command = "`" + " ".join([".venv/bin/python benchmarks/bench_eval.py", *sys.argv[1:]]) + "`"
     body = markdown(report).splitlines()
-    lines = [body[0], "", f"Measured on {machine_description()}. Command: {command}.", "", *body[1:]]
+    lines = [body[0], "", f"Measured on {machine_description()}. Command: {command}.", *body[1:]]
     write_report("eval", lines, {"machine": machine_description(), "command": command, "report": report})
 
 
