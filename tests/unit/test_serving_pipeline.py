@@ -1,0 +1,117 @@
+"""The staged search pipeline: spelling, fusion, rerank, pagination, and every fallback flagged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from skulens.data.contracts import PRODUCTS
+from skulens.retrieval.filters import FilterColumns
+from skulens.retrieval.lexical import BM25Index
+from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+from skulens.serving.pipeline import RequestError, SearchPipeline, SearchRequest, ServingConfig
+from skulens.serving.spelling import SpellCorrector
+from tests.unit.test_fusion import WordHashEncoder
+
+CONFIG = ServingConfig()
+
+
+def _catalogue():
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = [(f"p{i}", f"{colour} {kind} number{i}", kind, colour, float(10 + i)) for i, (colour, kind) in enumerate(
+        (c, k) for c in ("red", "blue", "green", "black") for k in ("shirt", "dress", "sneaker", "handbag"))]
+    products = pa.Table.from_pylist([
+        {"product_id": pid, "title": title, "description": None, "brand": None, "category_path": [cat],
+         "attributes": [("colour", colour)], "price": price, "currency": "USD", "image_uri": None, "updated_at": now}
+        for pid, title, cat, colour, price in rows], schema=PRODUCTS)
+    titles = {r[0]: r[1] for r in rows}
+    return products, titles
+
+
+@pytest.fixture
+def parts():
+    products, titles = _catalogue()
+    encoder = WordHashEncoder()
+    ids = list(titles)
+    store = ShardedVectorIndex.build(ids, encoder.encode_texts(list(titles.values())), [None] * len(ids),
+                                     VectorIndexConfig(kind="flat", min_shard_size=1, gate_queries=10),
+                                     columns=FilterColumns.from_products(products))
+    return {"lexical": BM25Index.build(products), "store": store, "encoder": encoder, "titles": titles,
+            "spell": SpellCorrector.from_texts(titles.values()),
+            "reranker": lambda q, cands: np.array([float("black" in t) for t in cands])}
+
+
+def _search(pipeline, **raw):
+    return pipeline.search(SearchRequest.parse(raw, CONFIG))
+
+
+def test_search_corrects_spelling_fuses_reranks_and_pages(parts):
+    pipeline = SearchPipeline(**parts, versions={"index": "v1"})
+    result = _search(pipeline, text="red shrit", k=3)
+    assert result.query == "red shirt" and result.rewrites == [{"kind": "spelling", "from": "shrit", "to": "shirt"}]
+    assert result.fallbacks == [] and {s.name: s.status for s in result.stages} == {
+        "normalise": "ok", "encode": "ok", "retrieve": "ok", "rerank": "ok"}
+    top = result.items[0]
+    assert "black" in top["title"] and {"bm25", "fused", "rerank"} <= set(top["scores"])  # the reranker's pick
+    second = _search(pipeline, text="red shirt", k=3, page=2)
+    assert not {i["product_id"] for i in second.items} & {i["product_id"] for i in _search(
+        pipeline, text="red shirt", k=3).items}
+    filtered = _search(pipeline, text="shirt", k=10, filters={"attributes": {"colour": "green"}})
+    assert filtered.items and {i["title"].split()[0] for i in filtered.items} == {"green"}
+    assert result.to_dict()["versions"] == {"index": "v1"}
+
+
+class SlowEncoder(WordHashEncoder):
+    def encode_texts(self, texts):
+        time.sleep(0.3)
+        return super().encode_texts(texts)
+
+
+def test_late_or_failing_stages_fall_back_and_say_so(parts):
+    slow = SearchPipeline(**{**parts, "encoder": SlowEncoder()},
+                          config=ServingConfig(stage_timeout_ms={"encode": 50.0}, total_budget_ms=1000))
+    result = _search(slow, text="blue dress")
+    assert "lexical_only" in result.fallbacks and result.items
+    assert next(s for s in result.stages if s.name == "encode").detail.startswith("late")
+    assert all("dense" not in i["scores"] for i in result.items)
+
+    def broken(query, titles):
+        raise RuntimeError("reranker crashed")
+    failing = SearchPipeline(**{**parts, "reranker": broken})
+    result = _search(failing, text="blue dress")
+    assert result.fallbacks == ["retrieval_order"] and result.items
+    assert "reranker crashed" in next(s for s in result.stages if s.name == "rerank").detail
+
+    def slow_rerank(query, titles):
+        time.sleep(0.3)
+        return np.zeros(len(titles))
+    late = SearchPipeline(**{**parts, "reranker": slow_rerank}, config=ServingConfig(total_budget_ms=100))
+    assert _search(late, text="blue dress").fallbacks == ["retrieval_order"]
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({}, "a text, a photo or both"),
+    ({"text": "   "}, "a text, a photo or both"),
+    ({"text": "x" * 100_000}, "at most 512"),
+    ({"text": "a", "k": 0}, "k must be an integer from 1 to 100"),
+    ({"text": "a", "k": 10_000}, "k must be an integer"),
+    ({"text": "a", "k": True}, "k must be an integer"),
+    ({"text": "a", "page": -1}, "page must be"),
+    ({"text": "a", "filters": {"colour": "red"}}, "unknown filter colour"),
+    ({"text": "a", "sort": "price"}, "unknown field"),
+    ({"text": 5}, "text must be a string"),
+])
+def test_bad_requests_are_named(raw, message):
+    with pytest.raises(RequestError, match=message):
+        SearchRequest.parse(raw, CONFIG)
+
+
+def test_spelling_leaves_known_words_numbers_and_codes_alone():
+    spell = SpellCorrector.from_texts(["Cordless Hammer Drill 20V", "Drill Bits"])
+    assert spell.correct("cordles hammer drill 20v") == ("cordless hammer drill 20v", [("cordles", "cordless")])
+    assert spell.correct("3/4 in drill") == ("3/4 in drill", [])
+    assert spell.correct("zzzzzzzz")[1] == []
