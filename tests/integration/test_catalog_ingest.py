@@ -230,3 +230,34 @@ def test_eval_and_live_updates_on_the_published_index(settings_at):
     assert victim not in {p for p, _ in reloaded.search(vector, k=50)[0]}
     assert victim not in {p for p, _ in reloaded.search_text("blue shirt", k=50)}
     assert reloaded.search(fresh, k=1)[0][0][0] == "new-1"
+
+
+def test_search_pipeline_serves_the_published_index(settings_at):
+    """The serving pipeline on the published fashion index: the embedder version that built it,
+    the champion reranker, spelling from the catalogue, a photo query."""
+    from skulens.pipelines.build_index import index_store
+    from skulens.serving.loader import load_pipeline
+    from skulens.serving.pipeline import SearchRequest, ServingConfig
+
+    config = ServingConfig(total_budget_ms=30_000, stage_timeout_ms={})  # CI machines are slow: no timeouts here
+    pipeline = load_pipeline(settings_at, config=config)
+    result = pipeline.search(SearchRequest.parse({"text": "blue shrit", "k": 5}, config))
+    assert result.query == "blue shirt" and len(result.items) == 5 and result.fallbacks == []
+    assert result.versions["index"] == index_store(settings_at, "fashion").current_id()
+    assert result.versions["embedder"] == "skulens-embedder/1" and result.versions["reranker"] != "none"
+    assert all({"fused", "rerank"} <= set(item["scores"]) for item in result.items)
+    import pyarrow.parquet as pq
+    import pytest
+
+    from skulens.serving.pipeline import RequestError
+
+    products = pq.read_table(index_store(settings_at, "fashion").current() / "products.parquet",
+                             columns=["product_id", "image_uri"]).to_pylist()
+    photo = next(p for p in products if p["image_uri"])
+    with open(photo["image_uri"], "rb") as f:
+        by_photo = pipeline.search(SearchRequest.parse({"k": 3}, config, image=f.read()))
+    assert len(by_photo.items) == 3 and by_photo.fallbacks == []
+    with pytest.raises(RequestError, match="could not be encoded"):
+        pipeline.search(SearchRequest.parse({"k": 3}, config, image=b"not a photo"))
+    mixed = pipeline.search(SearchRequest.parse({"text": "shirt", "k": 3}, config, image=b"not a photo"))
+    assert mixed.fallbacks == ["lexical_only"] and mixed.items  # the text still finds products

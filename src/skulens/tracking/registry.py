@@ -216,20 +216,25 @@ def attach_export(settings: Settings, kind: str, version: int, decision: dict[st
         mlc.set_model_version_tag(name, str(version), "int8_reasons", "; ".join(decision["reasons"])[:4000])
 
 
-def version_artifacts(settings: Settings, kind: str, alias: str = CHAMPION) -> dict[str, Any]:
-    """Local paths of the version behind ``alias``: its model files and its served ONNX artefacts.
+def version_artifacts(settings: Settings, kind: str, alias: str = CHAMPION, version: int | None = None
+                      ) -> dict[str, Any]:
+    """Local paths of the version behind ``alias`` (or of ``version``): its model files and its
+    served ONNX artefacts.
 
     Returns ``{"name", "version", "run_id", "model_dir", "onnx_dir", "export"}``; ``onnx_dir`` and
-    ``export`` are None when the version was not exported. Raises LookupError without that alias."""
+    ``export`` are None when the version was not exported. Raises LookupError without that alias
+    or version."""
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     name = getattr(settings.models, kind)
     mlc = client(settings)
     try:
-        mv = mlc.get_model_version_by_alias(name, alias)
+        mv = mlc.get_model_version(name, str(version)) if version is not None else \
+            mlc.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        raise LookupError(f"registered model {name} has no version with alias {alias!r}; "
+        which = f"version {version}" if version is not None else f"a version with alias {alias!r}"
+        raise LookupError(f"registered model {name} has no {which}; "
                           "run the train_and_export pipeline first") from exc
     local = settings.home / "cache" / "registry" / name / f"v{mv.version}"
     (local / "model").mkdir(parents=True, exist_ok=True)
