@@ -261,3 +261,61 @@ def test_search_pipeline_serves_the_published_index(settings_at):
         pipeline.search(SearchRequest.parse({"k": 3}, config, image=b"not a photo"))
     mixed = pipeline.search(SearchRequest.parse({"text": "shirt", "k": 3}, config, image=b"not a photo"))
     assert mixed.fallbacks == ["lexical_only"] and mixed.items  # the text still finds products
+
+
+def test_skulens_serve_answers_over_http(settings_at):
+    """`skulens serve` (BentoML) on loopback: ready once loaded, searches, bad input is a 4xx."""
+    import base64
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SKULENS_HOME": str(settings_at.home), "SKULENS_PROGRESS": "0"}
+    server = subprocess.Popen([sys.executable, "-m", "skulens", "serve", "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def call(path: str, body: dict | None = None) -> tuple[int, dict | str]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                text = response.read().decode()
+                return response.status, json.loads(text) if text.startswith("{") else text
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            try:
+                if call("/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(2)
+        else:
+            pytest.fail("the service did not become ready in 240 s")
+        assert call("/healthz")[0] == 200 and "bentoml" in str(call("/metrics")[1]).lower()
+        status, body = call("/search", {"text": "blue shrit", "k": 3, "filters": {"category": "apparel"}})
+        assert status == 200 and len(body["items"]) == 3 and body["query"] == "blue shirt", body
+        assert body["versions"]["embedder"] == "skulens-embedder/1" and body["stages"]
+        for bad, message in [({"text": ""}, "a text, a photo or both"), ({"text": "x" * 100_000}, "at most 512"),
+                             ({"text": "shirt", "k": -1}, "k must be"), ({"text": "shirt", "k": "many"}, ""),
+                             ({"text": "shirt", "filters": {"colour": "red"}}, "unknown filter"),
+                             ({"image_base64": "%%%"}, "not valid base64"),
+                             ({"image_base64": base64.b64encode(b"not an image").decode()}, "could not be encoded")]:
+            status, text = call("/search", bad)
+            assert 400 <= status < 500 and message in str(text), (bad, status, text)
+    finally:
+        import signal
+
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
