@@ -34,8 +34,10 @@ class SearchService:
         from skulens.serving.pipeline import ServingConfig
         from skulens.settings import load_settings
 
-        self.config = ServingConfig()
-        self.pipeline = load_pipeline(load_settings(), config=self.config)
+        settings = load_settings()
+        self.config = ServingConfig(total_budget_ms=settings.serving.total_budget_ms,
+                                    stage_timeout_ms=dict(settings.serving.stage_timeout_ms))
+        self.pipeline = load_pipeline(settings, config=self.config)
 
     @bentoml.api(route="/search")
     def search(self, text: str | None = None, image_base64: str | None = None,

@@ -25,17 +25,16 @@ def main() -> None:
     from skulens.settings import load_settings
     from skulens.spark.embed_catalog import embed_with_spark
     from skulens.spark.session import spark_session
-    from skulens.tracking.registry import version_artifacts
+    from skulens.tracking.registry import embedder_files, version_artifacts
 
     settings = load_settings()
     catalog = args.catalog or settings.retrieval.catalog
     bundle, image_onnx, model_version = args.bundle, args.image_onnx, "bundle"
     if bundle is None:
         champion = version_artifacts(settings, "embedder")
-        bundle = champion["model_dir"] / "artifacts" / "bundle"
+        bundle, served_image = embedder_files(champion)
         model_version = f"{champion['name']}/{champion['version']}"
-        if image_onnx is None and champion["export"] and champion["onnx_dir"]:
-            image_onnx = champion["onnx_dir"] / Path(champion["export"]["served"]["image"]).name
+        image_onnx = image_onnx or served_image
     summary = embed_with_spark(spark_session(settings, "embed_catalog", master=args.master),
                                catalog_dir(settings, catalog) / "products.parquet", bundle, args.target,
                                model_version=model_version, image_onnx=image_onnx,

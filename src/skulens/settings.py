@@ -206,6 +206,13 @@ class RetrievalSettings(_Model):
     reload_url: str | None = None
 
 
+class ServingSettings(_Model):
+    # The search request's total budget and each stage's timeout (ms); a late stage falls back.
+    total_budget_ms: float = Field(150.0, gt=0)
+    stage_timeout_ms: dict[str, float] = Field(default_factory=lambda: {
+        "normalise": 15.0, "rewrite": 40.0, "encode": 40.0, "retrieve": 40.0, "rerank": 60.0})
+
+
 class AirflowSettings(_Model):
     home: Path
     parallelism: int = Field(4, ge=1)
@@ -247,6 +254,7 @@ class Settings(_Model):
     mlflow: MLflowSettings
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     airflow: AirflowSettings
     dbt: DbtSettings
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute as pc
 
 from skulens.evaluation.metrics import Qrels, Run, evaluate, zero_useful_rate
 from skulens.settings import Settings
@@ -167,13 +167,13 @@ def reranker_scorer(settings: Settings, choice: str | None) -> tuple[Scorer | No
     from skulens.training.reranker import CrossEncoderReranker
 
     if choice == "champion":
-        from skulens.tracking.registry import version_artifacts
+        from skulens.tracking.registry import reranker_dir, version_artifacts
 
         try:
             champion = version_artifacts(settings, "reranker")
         except LookupError as exc:
             return None, str(exc)
-        return CrossEncoderReranker(champion["model_dir"] / "artifacts" / "model").score, \
+        return CrossEncoderReranker(reranker_dir(champion)).score, \
             f"{champion['name']}/{champion['version']} (champion)"
     return CrossEncoderReranker(choice).score, choice
 
@@ -219,7 +219,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         judged = sorted({p for q in test + train for p in qrels[q]})
         others = sorted(set(ids) - set(judged))
         fill = rng.sample(others, max(0, min(len(others), cfg.max_corpus - len(judged))))
-        products = products.filter(pa.compute.is_in(products.column("product_id"), pa.array(judged + fill)))
+        products = products.filter(pc.is_in(products.column("product_id"), pa.array(judged + fill)))
         ids = products.column("product_id").to_pylist()
 
     _progress(f"lexical index over {len(ids):,} titles")
@@ -273,7 +273,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
                                                   "ms_per_query": round(1000 * seconds / len(test), 2)}
 
     _progress("rerank setting (each query's judged candidates)")
-    rerank_setting = _rerank_setting(test, qrels, titles, lexical, encoder, weight, rerank, relevant)
+    rerank_setting = _rerank_setting(test, qrels, titles, lexical, encoder, store, weight, rerank, relevant)
     return {
         "queries": {"test": len(test), "train_for_fusion": len(train), "kind": "real queries with graded judgments"
                     if rows[0]["source"].startswith("homedepot") else f"judgments from {rows[0]['source']}",
@@ -288,9 +288,10 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
 
 
 def _rerank_setting(test: list[str], qrels: Qrels, titles: Mapping[str, str], lexical: Any, encoder: Any,
-                    weight: float, rerank: Callable[[str, list[str]], np.ndarray] | None, relevant: int
-                    ) -> dict[str, dict[str, float]]:
-    """Each retriever orders each query's judged candidates (BM25 statistics of the whole corpus)."""
+                    store: Any, weight: float, rerank: Callable[[str, list[str]], np.ndarray] | None,
+                    relevant: int) -> dict[str, dict[str, float]]:
+    """Each retriever orders each query's judged candidates (BM25 statistics of the whole corpus;
+    the candidates' title vectors as the dense index holds them)."""
     from skulens.retrieval.fusion import rrf, weighted
 
     runs: dict[str, Run] = {name: {} for name in ("bm25", "dense", "hybrid_rrf", "hybrid_weighted")}
@@ -300,7 +301,7 @@ def _rerank_setting(test: list[str], qrels: Qrels, titles: Mapping[str, str], le
     for q, qv in zip(test, qvecs, strict=True):
         cands = sorted(qrels[q])
         lex = lexical.search(q, k=len(cands), only=cands)
-        dv = encoder.encode_texts([titles[c] for c in cands]) @ qv
+        dv = store.vectors(cands) @ qv
         dense = sorted(zip(cands, dv.tolist(), strict=True), key=lambda kv: -kv[1])
         lex_scores = dict(lex)
         runs["bm25"][q] = {c: lex_scores.get(c, 0.0) for c in cands}
@@ -324,28 +325,26 @@ def evaluate_fashion(settings: Settings, cfg: EvalConfig, catalog: str = "fashio
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.retrieval.retrievers import DenseRetriever, HybridRetriever, LexicalRetriever, SearchQuery
     from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
-    from skulens.tracking.registry import version_artifacts
+    from skulens.tracking.registry import embedder_files, version_artifacts
     from skulens.training.data import load_split
     from skulens.training.evaluate import attribute_queries
 
     started = time.perf_counter()
     champion = version_artifacts(settings, "embedder")
-    tower = TwoTower.load(champion["model_dir"] / "artifacts" / "bundle", cache_dir=settings.home / "cache" / "models")
-    image_onnx = None
-    if champion["export"] and champion["onnx_dir"]:
-        image_onnx = champion["onnx_dir"] / Path(champion["export"]["served"]["image"]).name
+    bundle, image_onnx = embedder_files(champion)
+    tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
     encoder = TwoTowerEncoder(tower=tower, image_onnx=image_onnx)
     products = read_table(settings, catalog, "products")
     out: dict[str, Any] = {"model_version": f"{champion['name']}/{champion['version']}",
                            "queries": "attribute-derived (<gender> <colour> <article type>), not real queries"}
-    splits = {}
+    splits, loaded = {}, {}
     for split in ("val", "test"):
-        data = load_split(pairs_dir(settings), products, split)
+        data = loaded[split] = load_split(pairs_dir(settings), products, split)
         ids = list(data.product_ids)
         _progress(f"fashion {split}: encoding {len(ids):,} photos")
         vecs, ok = encoder.mapper.images(list(data.images))
         ids, vecs = [p for p, good in zip(ids, ok, strict=True) if good], vecs[ok]
-        table = products.filter(pa.compute.is_in(products.column("product_id"), pa.array(ids)))
+        table = products.filter(pc.is_in(products.column("product_id"), pa.array(ids)))
         store = ShardedVectorIndex.build(ids, vecs, [None] * len(ids), VectorIndexConfig(
             **{**settings.retrieval.vector.model_dump(), "min_shard_size": 1}), model_version=out["model_version"])
         lexical = BM25Index.build(table, LexicalConfig(boosts={"title": 1.0}))
@@ -353,7 +352,7 @@ def evaluate_fashion(settings: Settings, cfg: EvalConfig, catalog: str = "fashio
         subset = set(ids)
         qrels = {q: {p: g for p, g in judged.items() if p in subset} for q, judged in qrels.items()}
         splits[split] = (ids, vecs, store, lexical, texts, qrels)
-    v_ids, _, v_store, v_lex, v_texts, v_qrels = splits["val"]
+    _, _, v_store, v_lex, v_texts, v_qrels = splits["val"]
     v_queries = [SearchQuery(text=t) for t in v_texts]
     qids = [str(i) for i in range(len(v_texts))]
     weight, _ = learn_weight(dict(zip(qids, DenseRetriever(v_store, encoder).search_batch(v_queries, cfg.depth),
@@ -377,8 +376,7 @@ def evaluate_fashion(settings: Settings, cfg: EvalConfig, catalog: str = "fashio
             t2i.setdefault(variant, {})[name] = score_run(qrels, _as_run(qids, retriever.search_batch(
                 queries, cfg.depth)), 3)
     # image -> image: every test photo queries the others; relevant = same article type and colour.
-    data = load_split(pairs_dir(settings), products, "test")
-    attrs = dict(zip(data.product_ids, data.attributes, strict=True))
+    attrs = dict(zip(loaded["test"].product_ids, loaded["test"].attributes, strict=True))
     key = {p: (attrs[p].get("article_type", "").lower(), attrs[p].get("colour", "").lower()) for p in ids}
     by_key: dict[tuple[str, str], list[str]] = {}
     for p in ids:

@@ -47,16 +47,13 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
     from skulens.data.catalog import read_table
     from skulens.models.two_tower import TwoTower
     from skulens.retrieval.embed import EmbeddingMapper, embed_catalog
-    from skulens.tracking.registry import version_artifacts
+    from skulens.tracking.registry import embedder_files, version_artifacts
 
     catalog = catalog or settings.retrieval.catalog
     with stage(settings, PIPELINE, run_id, "embed") as out:
         champion = version_artifacts(settings, "embedder")
-        tower = TwoTower.load(champion["model_dir"] / "artifacts" / "bundle",
-                              cache_dir=settings.home / "cache" / "models")
-        image_onnx = None
-        if champion["export"] and champion["onnx_dir"]:
-            image_onnx = champion["onnx_dir"] / Path(champion["export"]["served"]["image"]).name
+        bundle, image_onnx = embedder_files(champion)
+        tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
         model_version = f"{champion['name']}/{champion['version']}"
         summary = embed_catalog(read_table(settings, catalog, "products"), EmbeddingMapper(tower, image_onnx),
                                 _staging(settings, catalog, run_id) / "embeddings.parquet",

@@ -95,5 +95,13 @@ class TwoTowerEncoder:
             raise ImageQueryError(f"query photo {int(np.flatnonzero(~ok)[0])} could not be decoded as an image")
         return vectors
 
-    def encode_text_and_image(self, text: str, image: str | bytes, image_weight: float) -> np.ndarray:
-        return normalise(image_weight * self.encode_images([image]) + (1 - image_weight) * self.encode_texts([text]))
+
+def query_vectors(encoder: QueryEncoder, text: str | None, image: str | bytes | None,
+                  image_weight: float = 0.5) -> np.ndarray:
+    """The (1, D) query vector of a text, a photo, or both: ``normalise(w * image + (1 - w) * text)``."""
+    if image is not None and text:
+        return normalise(image_weight * encoder.encode_images([image]) +
+                         (1 - image_weight) * encoder.encode_texts([text]))
+    if image is not None:
+        return encoder.encode_images([image])
+    return encoder.encode_texts([text])

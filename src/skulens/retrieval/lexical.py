@@ -97,6 +97,7 @@ class BM25Index:
         self.manifest = manifest or {}
         self.index.reload()
         self._searcher = index.searcher()
+        self._analyse = analyzer(config).analyze
 
     @property
     def documents(self) -> int:
@@ -183,7 +184,7 @@ class BM25Index:
         indexed ones as if they had been indexed with them."""
         import math
 
-        analyse = analyzer(self.config).analyze
+        analyse = self._analyse
         terms = sorted(set(analyse(" ".join(w.lower() for w in _WORD.findall(query or "")))))
         if not terms or not documents:
             return [0.0] * len(documents)

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from skulens.retrieval.filters import FilterColumns, Filters
@@ -105,11 +106,17 @@ class UpdateLog:
 
 
 class _Delta:
-    """The live rows: latest upsert per id, searched exactly."""
+    """The live rows: latest upsert per id, searched exactly. The products table, filter columns
+    and lexical documents of the rows are derived once per change, not per query."""
+
+    _SCHEMA = pa.schema([("product_id", pa.string()), ("title", pa.string()),
+                         ("category_path", pa.list_(pa.string())), ("attributes", pa.map_(pa.string(), pa.string())),
+                         ("price", pa.float64()), ("image_uri", pa.string())])
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self.vectors: dict[str, np.ndarray] = {}
+        self._derived: tuple[pa.Table, FilterColumns, list[dict[str, Any]]] | None = None
 
     def apply(self, table: pa.Table) -> set[str]:
         ids = table.column("product_id").to_pylist()
@@ -122,43 +129,46 @@ class _Delta:
                               dtype=np.float32).reshape(len(ids), -1)
             for row, vec in zip(table.drop_columns(["vector"]).to_pylist(), vecs, strict=True):
                 self.rows[row["product_id"]], self.vectors[row["product_id"]] = row, vec
+        self._derived = None
         return set(ids)
 
+    def _derive(self) -> tuple[pa.Table, FilterColumns, list[dict[str, Any]]]:
+        if self._derived is None:
+            from skulens.retrieval.lexical import product_documents
+
+            products = pa.Table.from_pylist([{c: r[c] for c in _PRODUCT_COLUMNS} for r in self.rows.values()],
+                                            schema=self._SCHEMA)
+            self._derived = (products, FilterColumns.from_products(products), list(product_documents(products)))
+        return self._derived
+
     def products(self) -> pa.Table:
-        rows = [{c: r[c] for c in _PRODUCT_COLUMNS} for r in self.rows.values()]
-        return pa.Table.from_pylist(rows, schema=pa.schema([
-            ("product_id", pa.string()), ("title", pa.string()), ("category_path", pa.list_(pa.string())),
-            ("attributes", pa.map_(pa.string(), pa.string())),
-            ("price", pa.float64()), ("image_uri", pa.string())]))
+        return self._derive()[0]
+
+    def _candidates(self, filters: Filters | None, exclude: Collection[str],
+                    only: Collection[str] | None = None) -> list[int]:
+        """Positions (in ``rows`` order) of the live rows that pass ``filters`` and the id sets."""
+        _, columns, _ = self._derive()
+        mask = columns.mask(filters) if filters is not None else None
+        return [i for i, pid in enumerate(self.rows) if (mask is None or mask[i]) and pid not in exclude
+                and (only is None or pid in only)]
 
     def search_vectors(self, query: np.ndarray, k: int, filters: Filters | None, exclude: Collection[str]) -> Hits:
-        ids = [pid for pid in self.rows if pid not in exclude]
-        if not ids:
+        ids = list(self.rows)
+        chosen = [ids[i] for i in self._candidates(filters, exclude)]
+        if not chosen:
             return []
-        if filters is not None and not filters.empty:
-            mask = FilterColumns.from_products(self.products(), order=ids).mask(filters)
-            ids = [pid for pid, keep in zip(ids, mask, strict=True) if keep]
-        if not ids:
-            return []
-        scores = np.stack([self.vectors[pid] for pid in ids]) @ query
+        scores = np.stack([self.vectors[pid] for pid in chosen]) @ query
         top = np.argsort(-scores, kind="stable")[:k]
-        return [(ids[i], float(scores[i])) for i in top]
+        return [(chosen[i], float(scores[i])) for i in top]
 
     def search_text(self, text: str, k: int, filters: Filters | None, exclude: Collection[str],
                     only: Collection[str] | None, base: Any) -> Hits:
         """BM25 of the live rows with the base index's statistics (:meth:`BM25Index.score_external`),
         so a new product ranks as it will after compaction."""
-        from skulens.retrieval.lexical import product_documents
-
-        ids = [pid for pid in self.rows if pid not in exclude and (only is None or pid in only)]
-        if not ids:
+        documents = self._derive()[2]
+        docs = [documents[i] for i in self._candidates(filters, exclude, only)]
+        if not docs:
             return []
-        products = self.products()
-        if filters is not None and not filters.empty:
-            mask = FilterColumns.from_products(products, order=ids).mask(filters)
-            ids = [pid for pid, keep in zip(ids, mask, strict=True) if keep]
-        wanted = set(ids)
-        docs = [d for d in product_documents(products) if d["id"] in wanted]
         scores = base.score_external(text, docs)
         hits = sorted(((d["id"], s) for d, s in zip(docs, scores, strict=True) if s > 0), key=lambda h: -h[1])
         return hits[:k]
@@ -245,9 +255,6 @@ class LiveIndex:
         """This index as a lexical index (``search(text, k, filters, exclude, only)``)."""
         return _LexicalView(self)
 
-    def __contains__(self, product_id: object) -> bool:
-        return product_id in self.delta.rows or (product_id in self.vector and product_id not in self.tombstones)
-
 
 class _LexicalView:
     def __init__(self, live: LiveIndex) -> None:
@@ -280,7 +287,7 @@ def compact(settings: Any, catalog: str, run_id: str | None = None) -> dict[str,
     new_vectors = np.concatenate([vectors[keep], np.stack([live.delta.vectors[p] for p in delta_ids])]) \
         if delta_ids else vectors[keep]
     new_keys = [keys[i] for i in keep] + [live.delta.rows[p]["shard_key"] for p in delta_ids]
-    kept_products = base_products.filter(pa.compute.invert(pa.compute.is_in(
+    kept_products = base_products.filter(pc.invert(pc.is_in(
         base_products.column("product_id"), pa.array(sorted(live.tombstones), pa.string()))))
     delta_products = live.delta.products()
     products = pa.concat_tables([kept_products.select(list(_PRODUCT_COLUMNS)).cast(delta_products.schema),

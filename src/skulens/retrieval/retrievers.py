@@ -23,7 +23,6 @@ import numpy as np
 
 from skulens.retrieval.filters import Filters
 from skulens.retrieval.fusion import Hits, collapse_near_duplicates, rrf, weighted
-from skulens.vectors import normalise
 
 
 @dataclass(frozen=True)
@@ -82,13 +81,9 @@ class DenseRetriever(_Batched):
         self.store, self.encoder = store, encoder
 
     def query_vector(self, query: SearchQuery) -> np.ndarray:
-        if query.image is not None and query.text:
-            image = self.encoder.encode_images([query.image])
-            return normalise(query.image_weight * image + (1 - query.image_weight) *
-                             self.encoder.encode_texts([query.text]))[0]
-        if query.image is not None:
-            return self.encoder.encode_images([query.image])[0]
-        return self.encoder.encode_texts([query.text])[0]
+        from skulens.retrieval.encoders import query_vectors
+
+        return query_vectors(self.encoder, query.text, query.image, query.image_weight)[0]
 
     def search(self, query: SearchQuery, k: int = 10, exclude: Collection[str] = ()) -> Hits:
         return self.store.search(self.query_vector(query), k=k, filters=query.filters, exclude=exclude)[0]

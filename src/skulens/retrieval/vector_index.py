@@ -47,7 +47,7 @@ class RecallGateError(RuntimeError):
 
 @dataclass(frozen=True)
 class VectorIndexConfig:
-    # "auto": hnsw when the estimated index fits memory_budget_mb, else hnsw_sq8 (see choose_kind).
+    # "auto": the most exact of hnsw, hnsw_sq8, hnsw_pq within memory_budget_mb (see choose_kind).
     kind: Literal["hnsw", "hnsw_sq8", "hnsw_pq", "flat", "auto"] = "hnsw"
     m: int = 32
     ef_construction: int = 80

@@ -9,7 +9,6 @@ reranker is the champion reranker when there is one; spelling uses the indexed t
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -24,7 +23,7 @@ def load_pipeline(settings: Settings, catalog: str | None = None, config: Any = 
     from skulens.retrieval.live import LiveIndex
     from skulens.serving.pipeline import SearchPipeline
     from skulens.serving.spelling import SpellCorrector
-    from skulens.tracking.registry import version_artifacts
+    from skulens.tracking.registry import embedder_files, reranker_dir, version_artifacts
 
     catalog = catalog or settings.retrieval.catalog
     live = LiveIndex.open(index_store(settings, catalog).root)
@@ -34,17 +33,15 @@ def load_pipeline(settings: Settings, catalog: str | None = None, config: Any = 
     model_version = str(live.vector.manifest.get("model_version", ""))
     match = re.fullmatch(r"(.+)/(\d+)", model_version)
     embedder = version_artifacts(settings, "embedder", version=int(match.group(2)) if match else None)
-    tower = TwoTower.load(embedder["model_dir"] / "artifacts" / "bundle", cache_dir=settings.home / "cache" / "models")
-    image_onnx = None
-    if embedder["export"] and embedder["onnx_dir"]:
-        image_onnx = embedder["onnx_dir"] / Path(embedder["export"]["served"]["image"]).name
+    bundle, image_onnx = embedder_files(embedder)
+    tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
     versions = {"index": live.version.name, "embedder": f"{embedder['name']}/{embedder['version']}"}
     reranker = None
     try:
         from skulens.training.reranker import CrossEncoderReranker
 
         champion = version_artifacts(settings, "reranker")
-        reranker = CrossEncoderReranker(champion["model_dir"] / "artifacts" / "model").score
+        reranker = CrossEncoderReranker(reranker_dir(champion)).score
         versions["reranker"] = f"{champion['name']}/{champion['version']}"
     except LookupError:
         versions["reranker"] = "none"

@@ -211,13 +211,9 @@ class SearchPipeline:
         return SearchResult(items, text, rewrites, stages, fallbacks, self.versions, _ms(started))
 
     def _encode(self, text: str | None, image: bytes | None) -> np.ndarray:
-        if image is not None and text:
-            from skulens.vectors import normalise
+        from skulens.retrieval.encoders import query_vectors
 
-            return normalise(0.5 * self.encoder.encode_images([image]) + 0.5 * self.encoder.encode_texts([text]))
-        if image is not None:
-            return self.encoder.encode_images([image])
-        return self.encoder.encode_texts([text])
+        return query_vectors(self.encoder, text, image)
 
 
 def _ms(since: float) -> float:

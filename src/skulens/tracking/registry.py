@@ -249,3 +249,16 @@ def version_artifacts(settings: Settings, kind: str, alias: str = CHAMPION, vers
         onnx_dir = None
     return {"name": name, "version": int(mv.version), "run_id": mv.run_id, "model_dir": model_dir,
             "onnx_dir": onnx_dir, "export": export}
+
+
+def embedder_files(artifacts: dict[str, Any]) -> tuple[Path, Path | None]:
+    """(bundle folder, served ONNX image tower or None) of an embedder from :func:`version_artifacts`."""
+    image_onnx = None
+    if artifacts["export"] and artifacts["onnx_dir"]:
+        image_onnx = artifacts["onnx_dir"] / Path(artifacts["export"]["served"]["image"]).name
+    return artifacts["model_dir"] / "artifacts" / "bundle", image_onnx
+
+
+def reranker_dir(artifacts: dict[str, Any]) -> Path:
+    """The cross-encoder folder of a reranker from :func:`version_artifacts`."""
+    return artifacts["model_dir"] / "artifacts" / "model"
