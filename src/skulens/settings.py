@@ -206,11 +206,53 @@ class RetrievalSettings(_Model):
     reload_url: str | None = None
 
 
+class LLMTierSettings(_Model):
+    # One tier of the cascade, made by name from skulens.serving.llm.tiers.LLM_TIERS.
+    kind: str
+    timeout_ms: float = Field(1000.0, gt=0)
+    usd_per_mtok_in: float = Field(0.0, ge=0)
+    usd_per_mtok_out: float = Field(0.0, ge=0)
+    max_tokens: int = Field(200, ge=1)
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    gguf_path: str | None = None
+    max_new_tokens: int | None = Field(None, ge=1)
+
+
+class LLMSettings(_Model):
+    # Tiers in escalation order; the hosted ones are added by configuration (configs/production.yaml).
+    tiers: list[LLMTierSettings] = Field(default_factory=lambda: [
+        LLMTierSettings(kind="rules", timeout_ms=5.0), LLMTierSettings(kind="local", timeout_ms=2500.0)])
+    per_request_usd: float = Field(0.01, ge=0)
+    per_day_usd: float = Field(5.0, ge=0)
+    cache_size: int = Field(10_000, ge=0)
+    breaker_failures: int = Field(3, ge=1)
+    breaker_reset_s: float = Field(30.0, gt=0)
+
+
+class BusinessRuleSettings(_Model):
+    # Products never shown; products pinned to the top for an exact (case-insensitive) query; at most
+    # this many products of one leaf category on a page (0: no cap).
+    hidden: list[str] = Field(default_factory=list)
+    pinned: dict[str, list[str]] = Field(default_factory=dict)
+    max_per_category: int = Field(0, ge=0)
+
+
 class ServingSettings(_Model):
     # The search request's total budget and each stage's timeout (ms); a late stage falls back.
     total_budget_ms: float = Field(150.0, gt=0)
     stage_timeout_ms: dict[str, float] = Field(default_factory=lambda: {
         "normalise": 15.0, "rewrite": 40.0, "encode": 40.0, "retrieve": 40.0, "rerank": 60.0})
+    # Zero-result recovery (the LLM cascade past tier 0) has its own budget: an empty page is worse
+    # than a slower one.
+    recovery_budget_ms: float = Field(3000.0, ge=0)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    rules: BusinessRuleSettings = Field(default_factory=BusinessRuleSettings)
+    # The environment variable holding the admin API key; admin endpoints answer 401 without it.
+    admin_key_env: str = "SKULENS_ADMIN_KEY"
+    # Experiment traffic split: variant name -> share (the champion variant is "control").
+    traffic: dict[str, float] = Field(default_factory=lambda: {"control": 1.0})
 
 
 class AirflowSettings(_Model):

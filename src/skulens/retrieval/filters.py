@@ -64,23 +64,40 @@ class FilterColumns:
     prices: np.ndarray  # float, NaN when unknown
     attributes: Sequence[Mapping[str, str]]
 
+    _postings: dict[tuple[str, ...], np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _rows(self, key: tuple[str, ...]) -> np.ndarray:
+        """Rows holding a category (``("c", name)``) or an attribute value (``("a", name, value)``).
+
+        Built once per column set, on first use: a filtered query then costs a few array
+        operations instead of a Python pass over every document."""
+        if self._postings is None:
+            postings: dict[tuple[str, ...], list[int]] = {}
+            for row, path in enumerate(self.categories):
+                for name in {c.casefold() for c in path}:
+                    postings.setdefault(("c", name), []).append(row)
+            for row, attrs in enumerate(self.attributes):
+                for name, value in attrs.items():
+                    postings.setdefault(("a", name.casefold(), (value or "").casefold()), []).append(row)
+            self._postings = {k: np.asarray(v, dtype=np.int64) for k, v in postings.items()}
+        return self._postings.get(key, np.empty(0, dtype=np.int64))
+
     def mask(self, filters: Filters) -> np.ndarray | None:
         """Boolean mask of matching documents, or None when nothing is filtered."""
         if filters.empty:
             return None
         keep = np.ones(len(self.prices), dtype=bool)
-        if filters.category is not None:
-            wanted = filters.category.casefold()
-            keep &= np.array([any(c.casefold() == wanted for c in path) for path in self.categories], dtype=bool)
+        wanted = [("c", filters.category.casefold())] if filters.category is not None else []
+        wanted += [("a", name.casefold(), value.casefold()) for name, value in filters.attributes.items()]
+        for key in wanted:
+            hit = np.zeros(len(self.prices), dtype=bool)
+            hit[self._rows(key)] = True
+            keep &= hit
         with np.errstate(invalid="ignore"):
             if filters.price_min is not None:
                 keep &= self.prices >= filters.price_min
             if filters.price_max is not None:
                 keep &= self.prices <= filters.price_max
-        for name, value in filters.attributes.items():
-            key, wanted = name.casefold(), value.casefold()
-            keep &= np.array([any(k.casefold() == key and (v or "").casefold() == wanted for k, v in a.items())
-                              for a in self.attributes], dtype=bool)
         return keep
 
     def take(self, rows: np.ndarray) -> FilterColumns:

@@ -189,13 +189,20 @@ class LiveIndex:
         self.refresh()
 
     @classmethod
-    def open(cls, root: Path) -> LiveIndex:
-        """The current version under ``root`` (``indexes/<catalog>``) with the log replayed."""
+    def open(cls, root: Path, version: str | None = None) -> LiveIndex:
+        """The current version (or ``version``) under ``root`` (``indexes/<catalog>``) with the log replayed."""
         from skulens.retrieval.lexical import BM25Index
         from skulens.retrieval.vector_index import ShardedVectorIndex
         from skulens.storage import VersionedDir
 
-        current = VersionedDir(Path(root)).current()
+        store = VersionedDir(Path(root))
+        if version is not None:
+            if version not in store.list_versions():
+                raise FileNotFoundError(f"no index version {version!r} under {root}; "
+                                        f"published: {', '.join(store.list_versions()) or 'none'}")
+            current = store.root / "versions" / version
+        else:
+            current = store.current()
         if current is None:
             raise FileNotFoundError(f"no published index under {root}; run the build_index pipeline first")
         info = json.loads((current / "vector" / "manifest.json").read_text(encoding="utf-8"))

@@ -1,12 +1,19 @@
-"""The search pipeline under a latency budget: normalise → (rewrite) → encode → retrieve → rerank.
+"""The search pipeline under a latency budget:
+normalise → understand (LLM cascade, tier 0) → encode → retrieve → (recover) → rerank → rules.
 
 Every stage runs with its own timeout (``ServingConfig.stage_timeout_ms``), and no stage starts
 once the request's total budget is spent. A stage that fails or is late falls back and says so:
 
 * spelling correction late or failing → the query as typed;
-* rewrite (the LLM cascade, optional) late or failing → skipped;
+* query understanding (the cascade's rules tier and cache) late or failing → skipped;
+* a search that finds nothing useful (no lexical match, or nothing at all) → zero-result recovery:
+  the cascade's higher tiers (local model, hosted models) under ``recovery_budget_ms``, each
+  answer tried against the index until one finds something; filters the cascade added are relaxed
+  when they alone empty the page;
 * encoder late or failing → lexical retrieval only;
 * reranker late or failing → the retrieval order.
+
+Business rules (hidden products, pinned products, a per-category cap) apply last.
 
 Each fallback is named in the result (``fallbacks``) and in its stage report, so the service can
 count it in its metrics and flag it in the response. A CPU-bound stage cannot be interrupted in
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -41,6 +49,14 @@ class ServingConfig:
     max_query_chars: int = 512
     max_k: int = 100
     max_page: int = 50
+    recovery_budget_ms: float = 3000.0
+    variant: str = "control"
+
+    @classmethod
+    def from_settings(cls, serving: Any, **overrides: Any) -> ServingConfig:
+        """From the ``serving`` section of the settings."""
+        return cls(total_budget_ms=serving.total_budget_ms, stage_timeout_ms=dict(serving.stage_timeout_ms),
+                   recovery_budget_ms=serving.recovery_budget_ms, **overrides)
 
 
 class RequestError(ValueError):
@@ -103,11 +119,15 @@ class SearchResult:
     fallbacks: list[str]
     versions: dict[str, str]
     total_ms: float = 0.0
+    variant: str = "control"
+    llm: list[dict[str, Any]] = field(default_factory=list)
+    cache: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"items": self.items, "query": self.query, "rewrites": self.rewrites,
                 "stages": [s.__dict__ for s in self.stages], "fallbacks": self.fallbacks,
-                "versions": self.versions, "total_ms": round(self.total_ms, 2)}
+                "versions": self.versions, "variant": self.variant, "llm": self.llm, "cache": self.cache,
+                "total_ms": round(self.total_ms, 2)}
 
 
 class _Late(Exception):
@@ -117,30 +137,37 @@ class _Late(Exception):
 class SearchPipeline:
     """Components in, :class:`SearchResult` out; every stage timed, bounded and able to fall back.
 
-    ``lexical``: ``search(text, k, filters=)``; ``store``: ``search(vectors, k, filters=)``;
-    ``encoder``: ``encode_texts`` / ``encode_images``; ``reranker``: f(query, titles) -> scores;
-    ``spell``: a :class:`~skulens.serving.spelling.SpellCorrector`; ``rewriter``: f(query) ->
-    (query, [rewrite notes]); ``titles``: product id -> title."""
+    ``lexical``: ``search(text, k, filters=, exclude=)``; ``store``: ``search(vectors, k, filters=,
+    exclude=)``; ``encoder``: ``encode_texts`` / ``encode_images``; ``reranker``: f(query, titles) ->
+    scores; ``spell``: a :class:`~skulens.serving.spelling.SpellCorrector`; ``cascade``: a
+    :class:`~skulens.serving.llm.cascade.Cascade`; ``rules``: :class:`~skulens.serving.rules.BusinessRules`;
+    ``titles``: product id -> title; ``categories``: product id -> leaf category (for the rules)."""
 
     def __init__(self, *, lexical: Any, store: Any, encoder: Any, titles: Mapping[str, str],
                  reranker: Callable[[str, list[str]], np.ndarray] | None = None, spell: Any = None,
-                 rewriter: Callable[[str], tuple[str, list[dict[str, str]]]] | None = None,
+                 cascade: Any = None, rules: Any = None, categories: Mapping[str, str] | None = None,
                  config: ServingConfig | None = None, versions: Mapping[str, str] | None = None) -> None:
         self.lexical, self.store, self.encoder, self.titles = lexical, store, encoder, titles
-        self.reranker, self.spell, self.rewriter = reranker, spell, rewriter
+        self.reranker, self.spell, self.cascade, self.rules = reranker, spell, cascade, rules
+        self.categories = categories or {}
         self.config = config or ServingConfig()
         self.versions = dict(versions or {})
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="skulens-stage")
+        # Text query vectors, most recent first: popular queries repeat, and encoding is the
+        # costliest stage after reranking.
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.vector_cache_size = 4096
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self, name: str, fn: Callable[[], Any], started: float) -> Any:
-        """``fn()`` within the stage timeout and what is left of the total budget."""
-        left = self.config.total_budget_ms - (time.perf_counter() - started) * 1000
-        timeout = min(self.config.stage_timeout_ms.get(name, self.config.total_budget_ms), left)
+    def _run(self, name: str, fn: Callable[[], Any], started: float, budget_ms: float | None = None) -> Any:
+        """``fn()`` within the stage timeout and what is left of the (total or recovery) budget."""
+        budget = self.config.total_budget_ms if budget_ms is None else budget_ms
+        left = budget - (time.perf_counter() - started) * 1000
+        timeout = min(self.config.stage_timeout_ms.get(name, budget), left) if budget_ms is None else left
         if timeout <= 0:
-            raise _Late(f"no time left of the {self.config.total_budget_ms:.0f} ms budget")
+            raise _Late(f"no time left of the {budget:.0f} ms budget")
         future = self._pool.submit(fn)
         try:
             return future.result(timeout=timeout / 1000)
@@ -151,12 +178,14 @@ class SearchPipeline:
         started = time.perf_counter()
         stages: list[StageReport] = []
         fallbacks: list[str] = []
-        rewrites: list[dict[str, str]] = []
+        rewrites: list[dict[str, Any]] = []
+        llm: list[dict[str, Any]] = []
 
-        def stage(name: str, fn: Callable[[], Any], fallback: str | None, default: Any) -> Any:
+        def stage(name: str, fn: Callable[[], Any], fallback: str | None, default: Any,
+                  budget_ms: float | None = None, since: float | None = None) -> Any:
             t = time.perf_counter()
             try:
-                value = self._run(name, fn, started)
+                value = self._run(name, fn, started if since is None else since, budget_ms)
                 stages.append(StageReport(name, _ms(t), "ok"))
                 return value
             except Exception as exc:  # noqa: BLE001 - every failure of a stage becomes its fallback
@@ -172,20 +201,39 @@ class SearchPipeline:
             if changes:
                 rewrites += [{"kind": "spelling", "from": a, "to": b} for a, b in changes]
             text = corrected
-        if text and self.rewriter is not None:
-            text, notes = stage("rewrite", lambda: self.rewriter(text), "rewrite_skipped", (text, []))
-            rewrites += notes
+        derived: dict[str, Any] = {}
+        if text and self.cascade is not None:
+            # Tier 0 only (cache and rules) inside the request budget; the model tiers are for recovery.
+            quick = stage("rewrite", lambda: self.cascade.understand(text, tiers=["rules"]), "rewrite_skipped", None)
+            if quick is not None:
+                llm += [step.__dict__ for step in quick.steps]
+                text, derived = self._apply(quick, text, request, rewrites)
         want = request.k * request.page
         depth = max(self.config.depth, want)
-        vector = stage("encode", lambda: self._encode(text, request.image), "lexical_only", None)
+        cache: dict[str, str] = {}
+        vector = stage("encode", lambda: self._encode(text, request.image, cache), "lexical_only", None)
         if vector is None and not text:
             raise RequestError("the photo could not be encoded and there is no text to search by")
+        exclude = self.rules.hidden if self.rules is not None else ()
 
-        def retrieve() -> tuple[list, list]:
-            dense = self.store.search(vector, k=depth, filters=request.filters)[0] if vector is not None else []
-            lexical = self.lexical.search(text, k=depth, filters=request.filters) if text else []
+        def retrieve(query: str | None, filters: Filters | None) -> tuple[list, list]:
+            dense = (self.store.search(vector, k=depth, filters=filters, exclude=exclude)[0]
+                     if vector is not None else [])
+            lexical = self.lexical.search(query, k=depth, filters=filters, exclude=exclude) if query else []
             return dense, lexical
-        dense, lexical = stage("retrieve", retrieve, "retrieval_failed", ([], []))
+
+        filters = _merge(request.filters, derived)
+        dense, lexical = stage("retrieve", lambda: retrieve(text, filters), "retrieval_failed", ([], []))
+        if derived and not (dense or lexical):
+            # The filters read from the query emptied the page (say, a price limit on a catalogue
+            # without prices): relax them rather than answer nothing.
+            filters = request.filters
+            dense, lexical = stage("retrieve_relaxed", lambda: retrieve(text, filters), "retrieval_failed", ([], []))
+            rewrites.append({"kind": "relaxed_filters", "dropped": sorted(derived)})
+        if text and not lexical and self.cascade is not None and self.config.recovery_budget_ms > 0:
+            recovered = self._recover(text, request, filters, retrieve, stage, llm, rewrites)
+            if recovered is not None:
+                text, (dense, lexical) = recovered
         if vector is None or not text:
             fused = dense or lexical
         else:
@@ -206,14 +254,91 @@ class SearchPipeline:
                 order = head + order[len(head):]
         else:
             stages.append(StageReport("rerank", 0.0, "skipped", None if self.reranker else "no reranker"))
+        if self.rules is not None:
+            t = time.perf_counter()
+            order, notes = self.rules.apply(request.text or "", order, self.categories, request.filters)
+            rewrites += notes
+            stages.append(StageReport("rules", _ms(t), "ok"))
         page = order[want - request.k:want]
         items = [{"product_id": pid, "title": self.titles.get(pid), "scores": scores.get(pid, {})} for pid in page]
-        return SearchResult(items, text, rewrites, stages, fallbacks, self.versions, _ms(started))
+        return SearchResult(items, text, rewrites, stages, fallbacks, self.versions, _ms(started),
+                            self.config.variant, llm, cache)
 
-    def _encode(self, text: str | None, image: bytes | None) -> np.ndarray:
+    def _apply(self, answer: Any, text: str, request: SearchRequest,
+               rewrites: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        """The query text and the filters a cascade answer implies (the request's own filters win)."""
+        understanding = answer.understanding
+        if understanding is None:
+            return text, {}
+        if understanding.query != text:
+            rewrites.append({"kind": "llm", "tier": answer.tier, "from": text, "to": understanding.query})
+        own = request.filters
+        derived = {k: v for k, v in understanding.filters().items()
+                   if own is None or getattr(own, k) in (None, {})}
+        if derived:
+            rewrites.append({"kind": "filters", "tier": answer.tier, "added": derived})
+        return understanding.query, derived
+
+    def _recover(self, text: str, request: SearchRequest, filters: Filters | None, retrieve: Callable[..., Any],
+                 stage: Callable[..., Any], llm: list[dict[str, Any]],
+                 rewrites: list[dict[str, Any]]) -> tuple[str, tuple[list, list]] | None:
+        """Zero-result recovery: the cascade's model tiers, each answer tried against the index."""
+        found: dict[str, tuple[list, list]] = {}
+
+        def useful(understanding: Any) -> bool:
+            hits = retrieve(understanding.query, _merge(filters, understanding.filters()))
+            if hits[1]:
+                found[understanding.query] = hits
+            return bool(hits[1])
+
+        tiers = [name for name in self.cascade.names if name != "rules"]
+        if not tiers:
+            return None
+        since = time.perf_counter()
+        deadline = since + self.config.recovery_budget_ms / 1000
+        answer = stage("recover", lambda: self.cascade.understand(text, useful, tiers=tiers, deadline_s=deadline,
+                                                                  use_cache=False),
+                       "recovery_failed", None, budget_ms=self.config.recovery_budget_ms, since=since)
+        if answer is None:
+            return None
+        llm += [step.__dict__ for step in answer.steps]
+        if answer.tier is None or answer.understanding is None:
+            return None
+        query = answer.understanding.query
+        hits = found.get(query) or retrieve(query, _merge(filters, answer.understanding.filters()))
+        rewrites.append({"kind": "recovery", "tier": answer.tier, "from": text, "to": query})
+        return query, hits
+
+    def _encode(self, text: str | None, image: bytes | None, cache: dict[str, str]) -> np.ndarray:
         from skulens.retrieval.encoders import query_vectors
 
-        return query_vectors(self.encoder, text, image)
+        if image is not None or not text:
+            return query_vectors(self.encoder, text, image)
+        vector = self._vectors.get(text)
+        cache["query_vector"] = "miss" if vector is None else "hit"
+        if vector is None:
+            vector = query_vectors(self.encoder, text, None)
+            self._vectors[text] = vector
+            while len(self._vectors) > self.vector_cache_size:
+                self._vectors.popitem(last=False)
+        else:
+            self._vectors.move_to_end(text)
+        return vector
+
+
+def _merge(filters: Filters | None, derived: Mapping[str, Any]) -> Filters | None:
+    """The request's filters with the derived ones added where the request leaves them unset."""
+    if not derived:
+        return filters
+    base = {"category": filters.category, "price_min": filters.price_min, "price_max": filters.price_max,
+            "attributes": dict(filters.attributes)} if filters is not None else {}
+    merged = {**{k: v for k, v in derived.items() if base.get(k) in (None, {})},
+              **{k: v for k, v in base.items() if v not in (None, {})}}
+    try:
+        parsed = Filters.parse(merged)
+    except FilterError:
+        return filters  # derived bounds that contradict the request's own are dropped
+    return None if parsed.empty else parsed
 
 
 def _ms(since: float) -> float:

@@ -1,0 +1,141 @@
+"""What a running service holds: the loaded variants (champion ``control`` and any experiment
+arms), the traffic split between them, the LLM cascade, the recommender and the metrics.
+
+Reloading a variant builds the new one completely before swapping it in; when the build fails the
+old variant keeps serving and the failure is counted (``skulens_reloads{outcome="failed"}``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from skulens.serving.loader import Served, load_served
+from skulens.serving.pipeline import RequestError, SearchRequest, ServingConfig
+
+
+class ReloadError(RuntimeError):
+    """A reload that failed; the variant it targeted still serves its previous version."""
+
+
+class ServingState:
+    def __init__(self, settings: Any, metrics: Any, *, catalog: str | None = None,
+                 loader: Callable[..., Served] = load_served, cascade: Any = None) -> None:
+        self.settings, self.metrics, self.loader = settings, metrics, loader
+        self.catalog = catalog or settings.retrieval.catalog
+        self.cascade = cascade
+        self.variants: dict[str, Served] = {}
+        self.traffic: dict[str, float] = {"control": 1.0}
+        self.config = ServingConfig.from_settings(settings.serving)
+        self.started = time.time()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, settings: Any, metrics: Any, *, catalog: str | None = None, with_cascade: bool = True,
+             config_overrides: Mapping[str, Any] | None = None) -> ServingState:
+        """Load the champion variant and the cascade ``serving.llm`` describes."""
+        from skulens.serving.llm.cascade import build_cascade
+
+        state = cls(settings, metrics, catalog=catalog)
+        if config_overrides:
+            state.config = ServingConfig(**{**state.config.__dict__, **config_overrides})
+        served = state._build("control", None, None)
+        if with_cascade:
+            state.cascade = build_cascade(settings, served.vocabulary, on_step=metrics.observe_llm_step)
+            served.pipeline.cascade = state.cascade
+        state.variants["control"] = served
+        state.set_traffic({name: share for name, share in settings.serving.traffic.items() if name in state.variants}
+                          or {"control": 1.0})
+        return state
+
+    def _build(self, variant: str, index_version: str | None, reranker_version: int | None) -> Served:
+        config = ServingConfig(**{**self.config.__dict__, "variant": variant})
+        return self.loader(self.settings, self.catalog, config, index_version=index_version,
+                           reranker_version=reranker_version, cascade=self.cascade)
+
+    # -- admin ---------------------------------------------------------------------------------
+    def reload(self, variant: str = "control", index_version: str | None = None,
+               reranker_version: int | None = None) -> dict[str, str]:
+        """Load ``variant`` anew (a named index or reranker version, else the published ones)."""
+        if not variant or len(variant) > 64 or not variant.replace("_", "").replace("-", "").isalnum():
+            raise RequestError("variant must be 1-64 letters, digits, '-' or '_'")
+        try:
+            served = self._build(variant, index_version, reranker_version)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the old variant serving
+            self.metrics.reloads.labels(target=variant, outcome="failed").inc()
+            old = self.variants.get(variant)
+            serving = old.pipeline.versions if old else {}
+            raise ReloadError(f"reload of {variant!r} failed ({type(exc).__name__}: {exc}); "
+                              f"still serving {serving or 'nothing under that name'}") from exc
+        with self._lock:
+            old = self.variants.get(variant)
+            self.variants[variant] = served
+        if old is not None:
+            old.pipeline.close()
+        self.metrics.reloads.labels(target=variant, outcome="ok").inc()
+        return served.pipeline.versions
+
+    def set_traffic(self, split: Mapping[str, Any]) -> dict[str, float]:
+        """Shares per variant (they must be loaded, non-negative and add up to 1)."""
+        if not isinstance(split, Mapping) or not split:
+            raise RequestError("traffic must map variant names to shares, e.g. {\"control\": 0.9, \"b\": 0.1}")
+        unknown = sorted(set(split) - set(self.variants))
+        if unknown:
+            raise RequestError(f"variant(s) {', '.join(unknown)} not loaded; load with /admin/reload first")
+        shares = {}
+        for name, share in split.items():
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or share < 0:
+                raise RequestError(f"share of {name!r} must be a non-negative number, got {share!r}")
+            shares[name] = float(share)
+        if abs(sum(shares.values()) - 1.0) > 1e-6:
+            raise RequestError(f"shares add up to {sum(shares.values()):g}, not 1")
+        with self._lock:
+            self.traffic = shares
+        return dict(shares)
+
+    def variant_for(self, key: str | None) -> str:
+        """The variant of a user (or session): a stable hash bucket, so a user keeps their arm."""
+        traffic = self.traffic
+        if len(traffic) == 1 or key is None:
+            return max(traffic, key=lambda name: traffic[name]) if key is None else next(iter(traffic))
+        bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x100000000
+        total = 0.0
+        for name, share in sorted(traffic.items()):
+            total += share
+            if bucket < total:
+                return name
+        return sorted(traffic)[-1]
+
+    def status(self) -> dict[str, Any]:
+        cascade = self.cascade
+        return {"catalog": self.catalog, "variants": {n: v.pipeline.versions for n, v in self.variants.items()},
+                "traffic": self.traffic, "uptime_s": round(time.time() - self.started, 1),
+                "llm": {"tiers": cascade.names, "breakers": {n: b.state for n, b in cascade.breakers.items()},
+                        "spent_today_usd": round(cascade.daily.spent, 6), "cache_entries": len(cascade.cache)}
+                if cascade else None}
+
+    # -- requests ------------------------------------------------------------------------------
+    def served(self, key: str | None) -> Served:
+        return self.variants[self.variant_for(key)]
+
+    def search(self, request: SearchRequest) -> dict[str, Any]:
+        served = self.served(request.user_id or request.session_id)
+        result = served.pipeline.search(request)
+        self.metrics.observe_search(result)
+        body = result.to_dict()
+        for item in body["items"]:
+            item["image"] = f"/products/{item['product_id']}/image" if item["product_id"] in served.images else None
+            item["category"] = served.categories.get(item["product_id"])
+        return body
+
+    def recommender(self, key: str | None = None) -> Any:
+        from skulens.serving.recommend import Recommender, popularity_from_events
+
+        served = self.served(key)
+        if getattr(served, "recommender", None) is None:
+            popularity = popularity_from_events(self.settings.events_dir / self.catalog)
+            served.recommender = Recommender(served.live, served.titles, served.categories, popularity)
+        return served.recommender
