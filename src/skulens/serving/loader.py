@@ -44,7 +44,7 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     from skulens.serving.pipeline import SearchPipeline
     from skulens.serving.rules import BusinessRules
     from skulens.serving.spelling import SpellCorrector
-    from skulens.tracking.registry import embedder_files, reranker_dir, version_artifacts
+    from skulens.tracking.registry import embedder_files, reranker_dir, reranker_onnx, version_artifacts
 
     catalog = catalog or settings.retrieval.catalog
     live = LiveIndex.open(index_store(settings, catalog).root, version=index_version)
@@ -64,11 +64,16 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     versions = {"index": live.version.name, "embedder": f"{embedder['name']}/{embedder['version']}"}
     reranker = None
     try:
-        from skulens.training.reranker import CrossEncoderReranker
+        from skulens.training.reranker import CrossEncoderReranker, OnnxReranker
 
         champion = version_artifacts(settings, "reranker", version=reranker_version)
-        reranker = CrossEncoderReranker(reranker_dir(champion)).score
-        versions["reranker"] = f"{champion['name']}/{champion['version']}"
+        onnx = reranker_onnx(champion)
+        if onnx is not None:  # the exported file that passed parity (INT8 when it did)
+            reranker = OnnxReranker(onnx, reranker_dir(champion)).score
+            versions["reranker"] = f"{champion['name']}/{champion['version']} ({onnx.stem})"
+        else:
+            reranker = CrossEncoderReranker(reranker_dir(champion)).score
+            versions["reranker"] = f"{champion['name']}/{champion['version']}"
     except LookupError:
         versions["reranker"] = "none"
     kwargs = {"config": config} if config is not None else {}

@@ -262,3 +262,11 @@ def embedder_files(artifacts: dict[str, Any]) -> tuple[Path, Path | None]:
 def reranker_dir(artifacts: dict[str, Any]) -> Path:
     """The cross-encoder folder of a reranker from :func:`version_artifacts`."""
     return artifacts["model_dir"] / "artifacts" / "model"
+
+
+def reranker_onnx(artifacts: dict[str, Any]) -> Path | None:
+    """The served ONNX file of a reranker (INT8 when it passed the parity gate), or None."""
+    if not (artifacts["export"] and artifacts["onnx_dir"]):
+        return None
+    path = artifacts["onnx_dir"] / Path(artifacts["export"]["served"]).name
+    return path if path.is_file() else None

@@ -100,6 +100,32 @@ class CrossEncoderReranker:
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+class OnnxReranker:
+    """The exported cross-encoder on ONNX Runtime (the INT8 file when it passed the parity gate):
+    same tokenizer and inputs as the export, several times faster than PyTorch on a CPU."""
+
+    def __init__(self, onnx_path: str | Path, tokenizer_dir: str | Path, max_length: int = 64,
+                 threads: int | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        from skulens.export.onnx_export import session
+
+        self.path = Path(onnx_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.session = session(self.path, threads)
+        self.max_length = max_length
+
+    def score(self, query: str | list[str], titles: list[str]) -> np.ndarray:
+        """One relevance logit per title; ``query`` may be one per title."""
+        if not titles:
+            return np.zeros(0, np.float32)
+        queries = [query] * len(titles) if isinstance(query, str) else query
+        enc = self.tokenizer(queries, titles, truncation=True, max_length=self.max_length, padding=True,
+                             return_tensors="np")
+        feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32).reshape(-1)
+
+
 def _grouped(pairs: list[tuple[str, str, str, float]], limit: int | None, seed: int) -> dict[str, list]:
     by_query: dict[str, list] = {}
     for q, p, t, g in pairs:

@@ -33,6 +33,9 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)  # built once: jsonschema.validate re-checks the schema
+
+
 class InvalidAnswer(ValueError):
     """A tier's answer that is not JSON, breaks :data:`SCHEMA` or names unknown catalogue values."""
 
@@ -80,11 +83,10 @@ def validate(answer: Mapping[str, Any] | str, vocabulary: Vocabulary | None = No
     """The :class:`Understanding` in ``answer`` (a mapping or text holding one JSON object)."""
     if isinstance(answer, str):
         answer = first_json_object(answer)
-    try:
-        jsonschema.validate(answer, SCHEMA)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "answer"
-        raise InvalidAnswer(f"{where}: {exc.message}") from None
+    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(answer))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "answer"
+        raise InvalidAnswer(f"{where}: {error.message}")
     query = re.sub(r"\s+", " ", answer["query"]).strip()
     if not query:
         raise InvalidAnswer("query: empty after trimming")
