@@ -10,18 +10,22 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export AIRFLOW__CORE__PARALLELISM ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit test-integration lint lock clean
+.PHONY: setup demo serve test test-unit test-integration lint lock clean
 
 setup:  ## build .venv from nothing (idempotent, seconds when up to date)
 	@scripts/setup.sh
 
-demo: setup  ## the main job: tables, events, catalog_ingest, train_and_export and build_index DAGs, eval
+demo: setup  ## the main job: tables, events, the three DAGs, eval, then the service with example searches
 	$(BIN)/skulens datasets build
 	$(BIN)/skulens datasets simulate-events --catalog homedepot
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline catalog-ingest
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline train-and-export
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens pipeline build-index
 	$(BIN)/skulens eval
+	$(BIN)/skulens serve --examples
+
+serve: setup  ## the search service and its web page on http://127.0.0.1:3000/
+	$(BIN)/skulens serve
 
 test: setup  ## every test: unit, then integration (real components)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -200,3 +200,15 @@ def test_failing_stages_mid_traffic_are_fallbacks_not_errors(client):
     assert set(response.json()["fallbacks"]) == {"lexical_only", "retrieval_order"}
     assert np.all([item["scores"].get("bm25") for item in response.json()["items"]])
     assert 'skulens_fallbacks_total{fallback="lexical_only"}' in client.get("/metrics").text
+
+
+def test_a_failing_encoder_on_a_photo_alone_is_a_flagged_empty_page(client):
+    pipeline = client.state_obj.variants["control"].pipeline
+
+    def broken(*_):
+        raise RuntimeError("image tower crashed")
+    pipeline.encoder = type("Broken", (), {"encode_texts": broken, "encode_images": broken})()
+    response = client.post("/search", json={"image_base64": base64.b64encode(_png()).decode()})
+    assert response.status_code == 200
+    assert response.json()["items"] == [] and response.json()["fallbacks"] == ["photo_search_unavailable"]
+    assert 'skulens_zero_results_total{endpoint="search"}' in client.get("/metrics").text

@@ -72,11 +72,13 @@ class SearchRequest:
     page: int = 1
     user_id: str | None = None
     session_id: str | None = None
+    rerank: bool = True
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], config: ServingConfig, image: bytes | None = None) -> SearchRequest:
         """Validate a request body (a mapping); every problem is a RequestError naming the field."""
-        unknown = sorted(set(raw) - {"text", "query", "filters", "k", "page", "user_id", "session_id", "image"})
+        unknown = sorted(set(raw) - {"text", "query", "filters", "k", "page", "user_id", "session_id", "image",
+                                     "rerank"})
         if unknown:
             raise RequestError(f"unknown field(s) {', '.join(unknown)}")
         text = raw.get("text", raw.get("query"))
@@ -99,7 +101,13 @@ class SearchRequest:
         for name, value in ids.items():
             if value is not None and (not isinstance(value, str) or len(value) > 128):
                 raise RequestError(f"{name} must be a string of at most 128 characters")
-        return cls(text, image, None if filters.empty else filters, k, page, ids["user_id"], ids["session_id"])
+        rerank = raw.get("rerank", True)
+        if isinstance(rerank, str) and rerank.lower() in ("true", "false"):  # from a form field
+            rerank = rerank.lower() == "true"
+        if not isinstance(rerank, bool):
+            raise RequestError(f"rerank must be true or false, got {rerank!r}")
+        return cls(text, image, None if filters.empty else filters, k, page, ids["user_id"], ids["session_id"],
+                   rerank)
 
 
 @dataclass
@@ -211,9 +219,29 @@ class SearchPipeline:
         want = request.k * request.page
         depth = max(self.config.depth, want)
         cache: dict[str, str] = {}
-        vector = stage("encode", lambda: self._encode(text, request.image, cache), "lexical_only", None)
-        if vector is None and not text:
-            raise RequestError("the photo could not be encoded and there is no text to search by")
+        undecodable: list[Exception] = []
+
+        def encode() -> np.ndarray:
+            from skulens.retrieval.encoders import ImageQueryError
+
+            try:
+                return self._encode(text, request.image, cache)
+            except ImageQueryError as exc:
+                undecodable.append(exc)
+                raise
+
+        if text:
+            vector = stage("encode", encode, "lexical_only", None)
+        else:
+            # A photo alone has no lexical fallback: it may use what is left of the whole budget.
+            vector = stage("encode", encode, "photo_search_unavailable", None,
+                           budget_ms=self.config.total_budget_ms, since=started)
+            if vector is None and undecodable:
+                raise RequestError(f"the photo could not be encoded and there is no text to search by: "
+                                   f"{undecodable[0]}")
+            if vector is None:
+                return SearchResult([], None, rewrites, stages, fallbacks, self.versions, _ms(started),
+                                    self.config.variant, llm, cache)
         exclude = self.rules.hidden if self.rules is not None else ()
 
         def retrieve(query: str | None, filters: Filters | None) -> tuple[list, list]:
@@ -243,7 +271,7 @@ class SearchPipeline:
             for pid, score in hits:
                 scores.setdefault(pid, {})[label] = round(float(score), 5)
         order = [pid for pid, _ in fused]
-        if self.reranker is not None and text and order:
+        if self.reranker is not None and text and order and request.rerank:
             head = order[:self.config.rerank_top_k]
             reranked = stage("rerank", lambda: self.reranker(text, [self.titles.get(p, "") for p in head]),
                              "retrieval_order", None)
@@ -253,7 +281,8 @@ class SearchPipeline:
                 head = [head[i] for i in np.argsort(-np.asarray(reranked), kind="stable")]
                 order = head + order[len(head):]
         else:
-            stages.append(StageReport("rerank", 0.0, "skipped", None if self.reranker else "no reranker"))
+            why = "no reranker" if self.reranker is None else "not requested" if not request.rerank else "no text"
+            stages.append(StageReport("rerank", 0.0, "skipped", why))
         if self.rules is not None:
             t = time.perf_counter()
             order, notes = self.rules.apply(request.text or "", order, self.categories, request.filters)

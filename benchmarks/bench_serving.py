@@ -1,0 +1,275 @@
+"""Benchmark: `skulens serve` (BentoML, loopback) under load, at the bundled catalogue size and at
+1M products.
+
+For each size the script starts the real service (`skulens serve`) on a SKULENS_HOME and drives it
+with an asyncio httpx client, time-bounded per scenario:
+
+* single stream (one request at a time): p50/p95/p99 and QPS per endpoint: text search with and
+  without the cross-encoder rerank, photo search, similar products, session recommendations;
+* concurrent (``--concurrency`` requests in flight): QPS and latency of text search with and
+  without rerank, and the share of responses that carried a fallback (a stage late under load).
+
+The bundled size serves the published fashion index (42,874 products). 1M products is the same
+catalogue **scaled by perturbation** (as docs/benchmarks/vector_libs.md): each copy of a product
+keeps its title, category and photo and gets the product's real vector plus Gaussian noise
+(sigma 0.02, renormalised); the copies are indexed by the same code (`ShardedVectorIndex.build`
+with the recall gate, `BM25Index.build`) into a scratch SKULENS_HOME that shares the registry with
+the dev home. Queries are **attribute-derived** ("<colour> <article type>", "<gender> <usage>
+<article type>", ...), not real shopper queries; each query is used once per scenario where
+possible so the query-vector cache does not flatter the figures (its hit rate is reported).
+
+    .venv/bin/python benchmarks/bench_serving.py [--sizes bundled 1000000] [--seconds 20] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from _report import machine_description, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scaled_home(n: int, sigma: float = 0.02) -> Path:
+    """A scratch SKULENS_HOME whose published fashion index holds ``n`` products (see the docstring)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from skulens.pipelines.build_index import index_store
+    from skulens.retrieval.embed import read_embeddings
+    from skulens.retrieval.filters import FilterColumns
+    from skulens.retrieval.lexical import BM25Index, LexicalConfig
+    from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+    from skulens.settings import load_settings
+
+    settings = load_settings("local")
+    current = index_store(settings, "fashion").current()
+    if current is None:
+        raise SystemExit("no published fashion index: run `make demo` first")
+    home = settings.home.parent / f"var-bench-{n}"
+    version = home / "indexes" / "fashion" / "versions" / f"scaled-{n}"
+    if (version / "manifest.json").is_file():
+        return home
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    for shared in ("mlflow", "cache", "tables", "events"):
+        if (settings.home / shared).exists():
+            (home / shared).symlink_to((settings.home / shared).resolve())
+    products = pq.read_table(current / "products.parquet")
+    ids, vectors, keys = read_embeddings(current / "embeddings.parquet")
+    position = {pid: i for i, pid in enumerate(products.column("product_id").to_pylist())}
+    products = products.take(pa.array([position[p] for p in ids], pa.int64()))
+    base = len(ids)
+    copies = -(-n // base)
+    rng = np.random.default_rng(0)
+    rows = np.tile(np.arange(base), copies)[:n]
+    copy = np.repeat(np.arange(copies), base)[:n]
+    print(f"scaling {base:,} products to {n:,} (perturbed copies)", flush=True)
+    big_vectors = vectors[rows].astype(np.float32)
+    noisy = copy > 0
+    big_vectors[noisy] += rng.normal(0, sigma, (int(noisy.sum()), vectors.shape[1])).astype(np.float32)
+    big_vectors /= np.linalg.norm(big_vectors, axis=1, keepdims=True)
+    big_ids = [ids[r] if c == 0 else f"{ids[r]}~{c}" for r, c in zip(rows, copy, strict=True)]
+    big = products.take(pa.array(rows, pa.int64()))
+    big = big.set_column(big.schema.get_field_index("product_id"), big.schema.field("product_id"),
+                         pa.array(big_ids, pa.string()))
+    big_keys = [keys[r] for r in rows]
+    version.mkdir(parents=True)
+    pq.write_table(big, version / "products.parquet")
+    started = time.perf_counter()
+    config = VectorIndexConfig(**settings.retrieval.vector.model_dump())
+    index = ShardedVectorIndex.build(big_ids, big_vectors, big_keys, config, model_version="skulens-embedder/1",
+                                     columns=FilterColumns.from_products(big))
+    index.save(version / "vector")
+    print(f"vector index: {time.perf_counter() - started:.0f} s, recall@10 {index.manifest['recall@10']}", flush=True)
+    started = time.perf_counter()
+    BM25Index.build(big, LexicalConfig(boosts=dict(settings.retrieval.lexical_boosts)), folder=version / "lexical")
+    print(f"lexical index: {time.perf_counter() - started:.0f} s", flush=True)
+    del pc
+    (version / "manifest.json").write_text(json.dumps({
+        "version": version.name, "catalog": "fashion", "model_version": "skulens-embedder/1", "updates_through": 0,
+        "scaled_from": current.name, "sigma": sigma}, indent=2), encoding="utf-8")
+    (home / "indexes" / "fashion" / "CURRENT").write_text(version.name, encoding="utf-8")
+    return home
+
+
+def queries(home: Path, count: int, seed: int = 0) -> list[str]:
+    """Distinct attribute-derived queries from the indexed products."""
+    import pyarrow.parquet as pq
+
+    from skulens.storage import VersionedDir
+
+    current = VersionedDir(home / "indexes" / "fashion").current()
+    rows = pq.read_table(current / "products.parquet", columns=["attributes"]).slice(0, 50_000).to_pylist()
+    rng = random.Random(seed)
+    out: set[str] = set()
+    shapes = (("colour", "article_type"), ("gender", "colour", "article_type"), ("usage", "article_type"),
+              ("gender", "season", "article_type"), ("colour", "usage", "article_type"))
+    for _ in range(count * 50):
+        if len(out) >= count:
+            break
+        attrs = dict(rng.choice(rows)["attributes"] or [])
+        shape = rng.choice(shapes)
+        words = [attrs.get(name) for name in shape]
+        if all(words):
+            out.add(" ".join(words).lower())
+    return rng.sample(sorted(out), len(out))
+
+
+def photos(home: Path, count: int) -> list[str]:
+    import pyarrow.parquet as pq
+
+    from skulens.storage import VersionedDir
+
+    current = VersionedDir(home / "indexes" / "fashion").current()
+    uris = [u for u in pq.read_table(current / "products.parquet", columns=["image_uri"]).column("image_uri")
+            .to_pylist()[:50_000] if u]
+    return [base64.b64encode(Path(u).read_bytes()).decode() for u in random.Random(1).sample(uris, count)]
+
+
+def start(home: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "SKULENS_HOME": str(home), "SKULENS_PROGRESS": "0"}
+    return subprocess.Popen([sys.executable, "-m", "skulens", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+async def drive(base: str, bodies: list[tuple[str, dict]], seconds: float, concurrency: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    fallbacks = cache_hits = answered = 0
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal fallbacks, cache_hits, answered
+        while time.perf_counter() < deadline:
+            path, body = bodies[next(counter) % len(bodies)]
+            started = time.perf_counter()
+            response = await client.post(path, json=body)
+            latencies.append((time.perf_counter() - started) * 1000)
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            if response.status_code == 200 and path == "/search":
+                data = response.json()
+                answered += 1
+                fallbacks += bool(data["fallbacks"])
+                cache_hits += data.get("cache", {}).get("query_vector") == "hit"
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=concurrency)) as c:
+        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    lat = np.array(latencies)
+    return {"requests": len(lat), "qps": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p95_ms": round(float(np.percentile(lat, 95)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
+            "statuses": statuses, "fallback_rate": round(fallbacks / answered, 3) if answered else None,
+            "query_vector_cache_hit_rate": round(cache_hits / answered, 3) if answered else None}
+
+
+def run_size(label: str, home: Path, args: argparse.Namespace) -> dict:
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = start(home, port)
+    try:
+        started = time.perf_counter()
+        while time.perf_counter() - started < 600:
+            try:
+                if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        ready_s = time.perf_counter() - started
+        texts = queries(home, 4000)
+        images = photos(home, 200)
+        ids = [item["product_id"] for q in texts[-40:]
+               for item in httpx.post(base + "/search", json={"text": q, "k": 5, "rerank": False},
+                                      timeout=60).json()["items"]]
+        warm = [("/search", {"text": q, "k": 10}) for q in texts[-50:]]
+        asyncio.run(drive(base, warm, 5, 1))
+        rng = random.Random(2)
+        scenarios = {
+            "search text + rerank": [("/search", {"text": q, "k": 10}) for q in texts[0::4]],
+            "search text, no rerank": [("/search", {"text": q, "k": 10, "rerank": False}) for q in texts[1::4]],
+            "search photo": [("/search", {"image_base64": b, "k": 10}) for b in images],
+            "recommend similar": [("/recommend/similar", {"product_id": p, "k": 10}) for p in ids],
+            "recommend session": [("/recommend/session", {"product_ids": rng.sample(ids, 3), "k": 10})
+                                  for _ in range(300)],
+        }
+        results = {"ready_s": round(ready_s, 1), "single_stream": {}, "concurrent": {}}
+        for name, bodies in scenarios.items():
+            results["single_stream"][name] = asyncio.run(drive(base, bodies, args.seconds, 1))
+            print(label, "single", name, results["single_stream"][name], flush=True)
+        concurrent = {"search text + rerank": [("/search", {"text": q, "k": 10}) for q in texts[2::4]],
+                      "search text, no rerank": [("/search", {"text": q, "k": 10, "rerank": False})
+                                                 for q in texts[3::4]]}
+        for name, bodies in concurrent.items():
+            results["concurrent"][name] = asyncio.run(drive(base, bodies, args.seconds, args.concurrency))
+            print(label, f"x{args.concurrency}", name, results["concurrent"][name], flush=True)
+        return results
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["bundled", "1000000"])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    from skulens.settings import load_settings
+
+    settings = load_settings("local")
+    report: dict = {"written_at": None, "machine": machine_description(), "seconds": args.seconds,
+                    "concurrency": args.concurrency, "sizes": {}}
+    for size in args.sizes:
+        home = settings.home if size == "bundled" else scaled_home(int(size))
+        report["sizes"][size] = run_size(size, home, args)
+    report["written_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    lines = ["# Search service under load", "",
+             f"Command: `.venv/bin/python benchmarks/bench_serving.py --sizes {' '.join(args.sizes)} --seconds "
+             f"{args.seconds:g} --concurrency {args.concurrency}`  ", f"Machine: {report['machine']}  ",
+             f"Written: {report['written_at']}", "",
+             "`skulens serve` (BentoML, one worker) on loopback, driven by an asyncio httpx client on the same 2 "
+             "cores. Queries are attribute-derived, not real shopper queries; 1M = the fashion catalogue scaled by "
+             "perturbed copies (see the script's docstring). Default budget: 150 ms in all, per-stage timeouts.", ""]
+    for size, res in report["sizes"].items():
+        lines += [f"## {size} products (ready in {res['ready_s']} s)", "",
+                  "| endpoint, single stream | requests | QPS | p50 | p95 | p99 | fallback share | vector cache hits |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, r in res["single_stream"].items():
+            fallback, hits = r["fallback_rate"], r["query_vector_cache_hit_rate"]
+            lines.append(f"| {name} | {r['requests']} | {r['qps']} | {r['p50_ms']} ms | {r['p95_ms']} ms | "
+                         f"{r['p99_ms']} ms | {'-' if fallback is None else fallback} | "
+                         f"{'-' if hits is None else hits} |")
+        for name, r in res["concurrent"].items():
+            lines.append(f"| {name}, {args.concurrency} in flight | {r['requests']} | {r['qps']} | {r['p50_ms']} ms | "
+                         f"{r['p95_ms']} ms | {r['p99_ms']} ms | {r['fallback_rate']} | "
+                         f"{r['query_vector_cache_hit_rate']} |")
+        lines.append("")
+    write_report("serving", lines, report)
+
+
+if __name__ == "__main__":
+    main()
