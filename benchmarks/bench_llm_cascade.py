@@ -18,7 +18,7 @@ cost is **projected** from the measured escalation rate, the prompt's measured t
 configured prices, and labelled as such. Zero-useful@10 = share of queries with no product of grade
 >= the harness's relevant grade in the top 10.
 
-    .venv/bin/python benchmarks/bench_llm_cascade.py [--max-escalations 150] [--always-sample 80]
+    .venv/bin/python benchmarks/bench_llm_cascade.py [--max-escalations 60] [--always-sample 40]
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from _report import machine_description, write_report
 
 def main() -> None:  # noqa: PLR0915 - one linear measurement script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-escalations", type=int, default=150)
-    parser.add_argument("--always-sample", type=int, default=80)
+    parser.add_argument("--max-escalations", type=int, default=60)
+    parser.add_argument("--always-sample", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
@@ -45,7 +45,7 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
     from skulens.evaluation.harness import EvalConfig, noisy_query, query_splits, to_rel
     from skulens.retrieval.lexical import BM25Index
     from skulens.serving.llm.cascade import TierPolicy
-    from skulens.serving.llm.tiers import PROMPT, LocalGGUFTier, RuleTier, estimate_tokens
+    from skulens.serving.llm.tiers import LocalGGUFTier, RuleTier
     from skulens.serving.llm.understanding import InvalidAnswer, validate
     from skulens.serving.spelling import SpellCorrector
     from skulens.settings import load_settings
@@ -115,7 +115,7 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
         answer = local.answer(tier0_text[q].query, timeout_s=30)
         ms = (time.perf_counter() - started) * 1000
         try:
-            understanding, valid = validate(answer.payload), True
+            understanding, valid = validate(answer.payload, typed=noisy[q]), True
         except InvalidAnswer:
             understanding, valid = None, False
         hits = search(understanding.query, understanding) if understanding else []
@@ -143,7 +143,7 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
     table = {name: score(run, test) for name, run in runs.items()}
     always_scores = {"tier0": score(runs["tier0"], sample), "tier1 always": score(runs_always, sample)}
     hosted = TierPolicy(usd_per_mtok_in=1.0, usd_per_mtok_out=5.0, max_tokens=200)  # configs/production.yaml
-    prompt_tokens = estimate_tokens(PROMPT) + 10
+    prompt_tokens = int(round(tokens_in))  # the local tokenizer's count of the same prompt
     per_call = hosted.cost(prompt_tokens, 60)
     rate_a, rate_b = len(trigger_a) / len(test), len(trigger_b) / len(test)
     payload = {
@@ -164,7 +164,8 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
             "tier1_cpu_seconds_trigger_b": round(rate_b * 1000 * float(np.median(ms)) / 1000, 1),
             "tier2_projected_usd_if_every_escalation_reached_it": {
                 "trigger_a": round(rate_a * 1000 * per_call, 4), "trigger_b": round(rate_b * 1000 * per_call, 4),
-                "assumes": f"{prompt_tokens} prompt tokens (estimated), 60 output tokens, $1/$5 per million "
+                "assumes": f"{prompt_tokens} prompt tokens (as counted by the local tokenizer), 60 output tokens, "
+                           "$1/$5 per million "
                            "in/out (configs/production.yaml); not measured: no hosted model is reachable here"}},
     }
     command = (f".venv/bin/python benchmarks/bench_llm_cascade.py --max-escalations {args.max_escalations} "

@@ -58,6 +58,9 @@ def test_validation_names_the_broken_rule():
         validate({"query": "x", "category": "spaceships"}, VOCAB)
     with pytest.raises(InvalidAnswer, match="colour"):
         validate({"query": "x", "attributes": {"colour": "ultraviolet"}}, VOCAB)
+    with pytest.raises(InvalidAnswer, match="price_max 50 is not a number in the query"):
+        validate({"query": "drill", "price_max": 50}, typed="cordless drill")  # an invented limit
+    assert validate({"query": "drill", "price_max": 50}, typed="drill under $50").price_max == 50
     with pytest.raises(InvalidAnswer, match="no JSON"):
         validate("I think you mean shoes")
     ok = validate('Sure! {"query": "red shoes", "attributes": {"Colour": "Red"}} hope that helps', VOCAB)

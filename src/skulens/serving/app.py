@@ -108,7 +108,10 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         return current
 
     @app.exception_handler(RequestError)
-    async def bad_request(_: Request, exc: RequestError) -> JSONResponse:
+    async def bad_request(request: Request, exc: RequestError) -> JSONResponse:
+        current = get_state()
+        if current is not None:
+            current.metrics.requests.labels(endpoint=request.url.path, status="400").inc()
         return _error(400, str(exc))
 
     @app.exception_handler(ReloadError)
@@ -141,7 +144,7 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         raw, image = await _search_input(request)
         parsed = SearchRequest.parse(raw, current.config, image=image)
         body = await run_in_threadpool(current.search, parsed)
-        current.metrics.requests.labels(endpoint="search", status="200").inc()
+        current.metrics.requests.labels(endpoint="/search", status="200").inc()
         return JSONResponse(body)
 
     @app.post("/recommend/similar")

@@ -34,14 +34,12 @@ class ServingState:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, settings: Any, metrics: Any, *, catalog: str | None = None, with_cascade: bool = True,
-             config_overrides: Mapping[str, Any] | None = None) -> ServingState:
+    def load(cls, settings: Any, metrics: Any, *, catalog: str | None = None, with_cascade: bool = True
+             ) -> ServingState:
         """Load the champion variant and the cascade ``serving.llm`` describes."""
         from skulens.serving.llm.cascade import build_cascade
 
         state = cls(settings, metrics, catalog=catalog)
-        if config_overrides:
-            state.config = ServingConfig(**{**state.config.__dict__, **config_overrides})
         served = state._build("control", None, None)
         if with_cascade:
             state.cascade = build_cascade(settings, served.vocabulary, on_step=metrics.observe_llm_step)

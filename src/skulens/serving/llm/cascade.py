@@ -191,7 +191,7 @@ class Cascade:
             self.daily.spend(cost)
             step = Step(tier.name, "accepted", elapsed_ms(started), answer.tokens_in, answer.tokens_out, cost)
             try:
-                understanding = validate(answer.payload, self.vocabulary)
+                understanding = validate(answer.payload, self.vocabulary, typed=query)
             except InvalidAnswer as exc:
                 step.outcome, step.detail = "invalid", str(exc)[:300]
                 self._step(result, step)

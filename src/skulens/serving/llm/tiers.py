@@ -27,9 +27,27 @@ nothing else, with these keys:
   "attributes": an object of attribute name to value (for example {"colour": "red"}), or {},
   "price_min", "price_max": numbers when the query sets a price limit, else null,
   "intent": one of "product", "browse", "gift", "compare", "support", "other".
-Example: query "red runing shoes under $50" ->
-{"query": "red running shoes", "category": null, "attributes": {"colour": "red"},
- "price_min": null, "price_max": 50, "intent": "product"}"""
+Answer on one line."""
+
+# Worked examples, sent as earlier turns of the conversation (small models follow turns better
+# than instructions).
+EXAMPLES = (
+    ("red runing shoes under $50", '{"query": "red running shoes", "category": null, "attributes": {"colour": "red"}, '
+                                   '"price_min": null, "price_max": 50, "intent": "product"}'),
+    ("cordles drill", '{"query": "cordless drill", "category": null, "attributes": {}, "price_min": null, '
+                      '"price_max": null, "intent": "product"}'),
+    ("gift for dad watch", '{"query": "men watch", "category": "watches", "attributes": {}, "price_min": null, '
+                           '"price_max": null, "intent": "gift"}'),
+)
+PREFILL = '{"query": "'
+
+
+def conversation(query: str) -> list[dict[str, str]]:
+    """The examples as user/assistant turns, then the shopper's query."""
+    turns = []
+    for asked, answered in EXAMPLES:
+        turns += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
+    return [*turns, {"role": "user", "content": query}]
 
 
 class Tier(Protocol):
@@ -176,15 +194,18 @@ class LocalGGUFTier:
             raise TierUnavailable(self._error or "local model still loading")
         import torch
 
-        messages = [{"role": "system", "content": PROMPT}, {"role": "user", "content": query}]
-        encoded = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                      return_dict=True)
+        messages = [{"role": "system", "content": PROMPT}, *conversation(query)]
+        # The answer is started for the model (prefilled with the JSON object's opening) and stops
+        # at the end of its line: a small model then completes fields instead of writing prose.
+        prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + PREFILL
+        encoded = self._tokenizer(prompt, return_tensors="pt")
         with self._lock, torch.inference_mode():  # one generation at a time: the CPU is the limit
             output = self._model.generate(**encoded, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          max_time=max(timeout_s, 0.05), pad_token_id=self._tokenizer.eos_token_id)
+                                          max_time=max(timeout_s, 0.05), pad_token_id=self._tokenizer.eos_token_id,
+                                          stop_strings=["}\n", "\n"], tokenizer=self._tokenizer)
         prompt_len = encoded["input_ids"].shape[1]
         new = output[0][prompt_len:]
-        return TierAnswer(self._tokenizer.decode(new, skip_special_tokens=True), prompt_len, len(new))
+        return TierAnswer(PREFILL + self._tokenizer.decode(new, skip_special_tokens=True), prompt_len, len(new))
 
 
 # -- tier 2: hosted ------------------------------------------------------------------------------------
@@ -195,19 +216,30 @@ def _api_key(env: str | None) -> str:
     return key
 
 
+class _HostedTier:
+    """A model behind an HTTP API: a model name, a base URL and the variable holding the key."""
+
+    name = "hosted"
+    default_model = ""
+    default_key_env = ""
+
+    def __init__(self, model: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
+                 max_tokens: int = 200, **_: Any) -> None:
+        self.model, self.base_url = model or self.default_model, base_url
+        self.api_key_env, self.max_tokens = api_key_env or self.default_key_env, max_tokens
+
+    def ready(self) -> bool:
+        return bool(os.environ.get(self.api_key_env))
+
+
 @register_tier("anthropic")
-class AnthropicTier:
+class AnthropicTier(_HostedTier):
     """A hosted Claude model through the official ``anthropic`` client (``base_url`` for a proxy or
     a test server speaking the Messages API)."""
 
     name = "anthropic"
-
-    def __init__(self, model: str = "claude-haiku-4-5", base_url: str | None = None,
-                 api_key_env: str = "ANTHROPIC_API_KEY", max_tokens: int = 200, **_: Any) -> None:
-        self.model, self.base_url, self.api_key_env, self.max_tokens = model, base_url, api_key_env, max_tokens
-
-    def ready(self) -> bool:
-        return bool(os.environ.get(self.api_key_env))
+    default_model = "claude-haiku-4-5"
+    default_key_env = "ANTHROPIC_API_KEY"
 
     def answer(self, query: str, timeout_s: float) -> TierAnswer:
         import anthropic
@@ -215,23 +247,18 @@ class AnthropicTier:
         client = anthropic.Anthropic(api_key=_api_key(self.api_key_env), base_url=self.base_url,
                                      timeout=timeout_s, max_retries=0)
         message = client.messages.create(model=self.model, max_tokens=self.max_tokens, system=PROMPT,
-                                         messages=[{"role": "user", "content": query}])
+                                         messages=conversation(query))
         text = "".join(block.text for block in message.content if getattr(block, "type", "") == "text")
         return TierAnswer(text, message.usage.input_tokens, message.usage.output_tokens)
 
 
 @register_tier("openai")
-class OpenAICompatibleTier:
+class OpenAICompatibleTier(_HostedTier):
     """Any OpenAI-compatible chat-completions server (vLLM serving Mistral-7B-Instruct by default)."""
 
     name = "openai"
-
-    def __init__(self, model: str = "mistralai/Mistral-7B-Instruct-v0.3", base_url: str | None = None,
-                 api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 200, **_: Any) -> None:
-        self.model, self.base_url, self.api_key_env, self.max_tokens = model, base_url, api_key_env, max_tokens
-
-    def ready(self) -> bool:
-        return bool(os.environ.get(self.api_key_env))
+    default_model = "mistralai/Mistral-7B-Instruct-v0.3"
+    default_key_env = "OPENAI_API_KEY"
 
     def answer(self, query: str, timeout_s: float) -> TierAnswer:
         import openai
@@ -240,7 +267,7 @@ class OpenAICompatibleTier:
                                max_retries=0)
         response = client.chat.completions.create(
             model=self.model, max_tokens=self.max_tokens, temperature=0,
-            messages=[{"role": "system", "content": PROMPT}, {"role": "user", "content": query}])
+            messages=[{"role": "system", "content": PROMPT}, *conversation(query)])
         usage = response.usage
         return TierAnswer(response.choices[0].message.content or "", usage.prompt_tokens if usage else 0,
                           usage.completion_tokens if usage else 0)

@@ -79,8 +79,12 @@ class Understanding:
         return {**asdict(self), "attributes": dict(self.attributes)}
 
 
-def validate(answer: Mapping[str, Any] | str, vocabulary: Vocabulary | None = None) -> Understanding:
-    """The :class:`Understanding` in ``answer`` (a mapping or text holding one JSON object)."""
+def validate(answer: Mapping[str, Any] | str, vocabulary: Vocabulary | None = None,
+             typed: str | None = None) -> Understanding:
+    """The :class:`Understanding` in ``answer`` (a mapping or text holding one JSON object).
+
+    With ``typed`` (what the shopper typed), a price limit must be a number the query contains:
+    small models invent limits."""
     if isinstance(answer, str):
         answer = first_json_object(answer)
     error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(answer))
@@ -93,6 +97,11 @@ def validate(answer: Mapping[str, Any] | str, vocabulary: Vocabulary | None = No
     low, high = answer.get("price_min"), answer.get("price_max")
     if low is not None and high is not None and low > high:
         raise InvalidAnswer(f"price_min {low} is above price_max {high}")
+    if typed is not None:
+        numbers = {float(n) for n in re.findall(r"\d+(?:\.\d+)?", typed)}
+        for name, value in (("price_min", low), ("price_max", high)):
+            if value is not None and float(value) not in numbers:
+                raise InvalidAnswer(f"{name} {value} is not a number in the query")
     category = answer.get("category")
     attributes = {k.casefold(): v for k, v in (answer.get("attributes") or {}).items()}
     if vocabulary is not None:
