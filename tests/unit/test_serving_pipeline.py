@@ -54,7 +54,7 @@ def test_search_corrects_spelling_fuses_reranks_and_pages(parts):
     result = _search(pipeline, text="red shrit", k=3)
     assert result.query == "red shirt" and result.rewrites == [{"kind": "spelling", "from": "shrit", "to": "shirt"}]
     assert result.fallbacks == [] and {s.name: s.status for s in result.stages} == {
-        "normalise": "ok", "encode": "ok", "retrieve": "ok", "rerank": "ok"}
+        "normalise": "ok", "encode": "ok", "retrieve": "ok", "rerank": "ok", "rules": "ok"}
     top = result.items[0]
     assert "black" in top["title"] and {"bm25", "fused", "rerank"} <= set(top["scores"])  # the reranker's pick
     second = _search(pipeline, text="red shirt", k=3, page=2)
@@ -115,3 +115,23 @@ def test_spelling_leaves_known_words_numbers_and_codes_alone():
     assert spell.correct("cordles hammer drill 20v") == ("cordless hammer drill 20v", [("cordles", "cordless")])
     assert spell.correct("3/4 in drill") == ("3/4 in drill", [])
     assert spell.correct("zzzzzzzz")[1] == []
+
+
+def test_the_same_product_listed_twice_is_collapsed(parts):
+    class TwinStore:
+        def search(self, vectors, k, filters=None, exclude=()):
+            return [[("a", 0.9), ("a-copy", 0.89), ("b", 0.5)]]
+
+        def vectors(self, ids):
+            table = {"a": [1.0, 0.0], "a-copy": [1.0, 0.0], "b": [0.0, 1.0]}
+            return np.array([table[i] for i in ids], dtype=np.float32)
+
+    class NoLexical:
+        def search(self, text, k, filters=None, exclude=()):
+            return []
+
+    pipeline = SearchPipeline(lexical=NoLexical(), store=TwinStore(), encoder=parts["encoder"],
+                              titles={"a": "A", "a-copy": "A", "b": "B"})
+    result = pipeline.search(SearchRequest.parse({"image": None, "text": "anything", "k": 3}, CONFIG))
+    assert [i["product_id"] for i in result.items] == ["a", "b"]
+    assert {"kind": "collapsed_duplicates", "dropped": 1} in result.rewrites

@@ -76,7 +76,7 @@ class TwoTowerEncoder:
     name = "two_tower"
 
     def __init__(self, bundle: str | Path | None = None, *, tower: Any = None, image_onnx: Path | None = None,
-                 cache_dir: Path | None = None) -> None:
+                 text_onnx: Path | None = None, cache_dir: Path | None = None) -> None:
         from skulens.models.two_tower import TwoTower
         from skulens.retrieval.embed import EmbeddingMapper
 
@@ -85,9 +85,20 @@ class TwoTowerEncoder:
                 raise ValueError("a two_tower encoder needs a bundle folder or a loaded tower")
             tower = TwoTower.load(Path(bundle), cache_dir=cache_dir or Path(bundle) / ".cache")
         self.mapper = EmbeddingMapper(tower, image_onnx)
+        self.tower = tower
+        # The exported text tower that passed the parity gate (INT8 when it did): query encoding on
+        # ONNX Runtime instead of PyTorch.
+        self.text_session = None
+        if text_onnx is not None and Path(text_onnx).is_file():
+            from skulens.export.onnx_export import session
+
+            self.text_session = session(Path(text_onnx))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.mapper.texts(list(texts))
+        if self.text_session is None:
+            return self.mapper.texts(list(texts))
+        tokens = self.tower.tokenize(list(texts)).cpu().numpy().astype(np.int64)
+        return normalise(np.asarray(self.text_session.run(None, {"input_ids": tokens})[0], dtype=np.float32))
 
     def encode_images(self, sources: Sequence[str | bytes]) -> np.ndarray:
         vectors, ok = self.mapper.images(list(sources))

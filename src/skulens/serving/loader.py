@@ -44,7 +44,13 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     from skulens.serving.pipeline import SearchPipeline
     from skulens.serving.rules import BusinessRules
     from skulens.serving.spelling import SpellCorrector
-    from skulens.tracking.registry import embedder_files, reranker_dir, reranker_onnx, version_artifacts
+    from skulens.tracking.registry import (
+        embedder_files,
+        embedder_onnx,
+        reranker_dir,
+        reranker_onnx,
+        version_artifacts,
+    )
 
     catalog = catalog or settings.retrieval.catalog
     live = LiveIndex.open(index_store(settings, catalog).root, version=index_version)
@@ -61,7 +67,9 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     embedder = version_artifacts(settings, "embedder", version=int(match.group(2)) if match else None)
     bundle, image_onnx = embedder_files(embedder)
     tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
-    versions = {"index": live.version.name, "embedder": f"{embedder['name']}/{embedder['version']}"}
+    text_onnx = embedder_onnx(embedder, "text")
+    versions = {"index": live.version.name, "embedder": f"{embedder['name']}/{embedder['version']}",
+                "query_encoder": f"onnx {text_onnx.stem}" if text_onnx else "torch"}
     reranker = None
     try:
         from skulens.training.reranker import CrossEncoderReranker, OnnxReranker
@@ -77,8 +85,9 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     except LookupError:
         versions["reranker"] = "none"
     kwargs = {"config": config} if config is not None else {}
+    encoder = TwoTowerEncoder(tower=tower, image_onnx=image_onnx, text_onnx=text_onnx)
     pipeline = SearchPipeline(
-        lexical=live.lexical, store=live, encoder=TwoTowerEncoder(tower=tower, image_onnx=image_onnx),
+        lexical=live.lexical, store=live, encoder=encoder,
         titles=titles, reranker=reranker, spell=SpellCorrector.from_texts(titles.values()), cascade=cascade,
         rules=BusinessRules.from_settings(settings.serving.rules),
         categories={pid: path[-1] for pid, path in categories.items() if path}, versions=versions, **kwargs)

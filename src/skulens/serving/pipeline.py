@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from skulens.retrieval.filters import FilterError, Filters
-from skulens.retrieval.fusion import weighted
+from skulens.retrieval.fusion import collapse_near_duplicates, weighted
 
 DEFAULT_TIMEOUTS = {"normalise": 15.0, "rewrite": 40.0, "encode": 40.0, "retrieve": 40.0, "rerank": 60.0}
 
@@ -51,6 +51,9 @@ class ServingConfig:
     max_page: int = 50
     recovery_budget_ms: float = 3000.0
     variant: str = "control"
+    # Results whose vectors are this similar to a better one are dropped from the page (the same
+    # product listed twice); None keeps them.
+    collapse_threshold: float | None = 0.995
 
     @classmethod
     def from_settings(cls, serving: Any, **overrides: Any) -> ServingConfig:
@@ -283,11 +286,18 @@ class SearchPipeline:
         else:
             why = "no reranker" if self.reranker is None else "not requested" if not request.rerank else "no text"
             stages.append(StageReport("rerank", 0.0, "skipped", why))
+        t = time.perf_counter()
+        if self.config.collapse_threshold is not None and hasattr(self.store, "vectors") and order:
+            head = order[:2 * want]
+            kept = [pid for pid, _ in collapse_near_duplicates([(p, 0.0) for p in head], self.store.vectors,
+                                                               self.config.collapse_threshold)]
+            if len(kept) < len(head):
+                rewrites.append({"kind": "collapsed_duplicates", "dropped": len(head) - len(kept)})
+            order = kept + order[len(head):]
         if self.rules is not None:
-            t = time.perf_counter()
             order, notes = self.rules.apply(request.text or "", order, self.categories, request.filters)
             rewrites += notes
-            stages.append(StageReport("rules", _ms(t), "ok"))
+        stages.append(StageReport("rules", _ms(t), "ok"))
         page = order[want - request.k:want]
         items = [{"product_id": pid, "title": self.titles.get(pid), "scores": scores.get(pid, {})} for pid in page]
         return SearchResult(items, text, rewrites, stages, fallbacks, self.versions, _ms(started),

@@ -253,10 +253,16 @@ def version_artifacts(settings: Settings, kind: str, alias: str = CHAMPION, vers
 
 def embedder_files(artifacts: dict[str, Any]) -> tuple[Path, Path | None]:
     """(bundle folder, served ONNX image tower or None) of an embedder from :func:`version_artifacts`."""
-    image_onnx = None
-    if artifacts["export"] and artifacts["onnx_dir"]:
-        image_onnx = artifacts["onnx_dir"] / Path(artifacts["export"]["served"]["image"]).name
-    return artifacts["model_dir"] / "artifacts" / "bundle", image_onnx
+    return artifacts["model_dir"] / "artifacts" / "bundle", embedder_onnx(artifacts, "image")
+
+
+def embedder_onnx(artifacts: dict[str, Any], tower: str) -> Path | None:
+    """The served ONNX file of an embedder's ``text`` or ``image`` tower (INT8 when it passed parity)."""
+    if not (artifacts["export"] and artifacts["onnx_dir"]):
+        return None
+    served = artifacts["export"]["served"].get(tower)
+    path = artifacts["onnx_dir"] / Path(served).name if served else None
+    return path if path is not None and path.is_file() else None
 
 
 def reranker_dir(artifacts: dict[str, Any]) -> Path:
