@@ -86,7 +86,8 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
         r = {q: {pid: float(s) for pid, s in run[q]} for q in queries}
         sub = {q: test_qrels[q] for q in queries}
         return {"nDCG@10": round(evaluate(sub, r, ["nDCG@10"])["nDCG@10"], 4),
-                "zero_useful@10": round(zero_useful_rate(sub, r, 10, relevant), 4)}
+                "zero_useful@10": round(zero_useful_rate(sub, r, 10, relevant), 4),
+                "zero_results": round(sum(not run[q] for q in queries) / len(queries), 4)}
 
     runs: dict[str, dict[str, list]] = {"raw": {}, "tier0": {}}
     tier0_text, tier0_ms = {}, []
@@ -179,8 +180,9 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
              f"{len(test)} held-out **real** Home Depot queries with a seeded corruption each (the `skulens eval` "
              f"noisy set), BM25 over {len(ids):,} titles; zero-useful@10 = no product of grade >= {relevant} in the "
              "top 10.",
-             "", "| configuration | zero-useful@10 | nDCG@10 |", "|---|---:|---:|"]
-    lines += [f"| {name} | {s['zero_useful@10']:.3f} | {s['nDCG@10']:.3f} |" for name, s in table.items()]
+             "", "| configuration | zero results | zero-useful@10 | nDCG@10 |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {s['zero_results']:.3f} | {s['zero_useful@10']:.3f} | {s['nDCG@10']:.3f} |"
+              for name, s in table.items()]
     lines += ["", f"Escalations: trigger A (no lexical match, what the service does) {len(trigger_a)} of {len(test)}; "
               f"trigger B (any word the catalogue lacks) {len(trigger_b)}; the local model was asked about "
               f"{len(escalated)} of them.", "",

@@ -59,7 +59,8 @@ class ServingConfig:
     def from_settings(cls, serving: Any, **overrides: Any) -> ServingConfig:
         """From the ``serving`` section of the settings."""
         return cls(total_budget_ms=serving.total_budget_ms, stage_timeout_ms=dict(serving.stage_timeout_ms),
-                   recovery_budget_ms=serving.recovery_budget_ms, **overrides)
+                   recovery_budget_ms=serving.recovery_budget_ms, rerank_top_k=serving.rerank_top_k,
+                   collapse_threshold=serving.collapse_threshold, **overrides)
 
 
 class RequestError(ValueError):
@@ -276,7 +277,7 @@ class SearchPipeline:
         order = [pid for pid, _ in fused]
         if self.reranker is not None and text and order and request.rerank:
             head = order[:self.config.rerank_top_k]
-            reranked = stage("rerank", lambda: self.reranker(text, [self.titles.get(p, "") for p in head]),
+            reranked = stage("rerank", lambda: self._rerank(text, [self.titles.get(p, "") for p in head]),
                              "retrieval_order", None)
             if reranked is not None:
                 for pid, score in zip(head, reranked, strict=True):
@@ -302,6 +303,13 @@ class SearchPipeline:
         items = [{"product_id": pid, "title": self.titles.get(pid), "scores": scores.get(pid, {})} for pid in page]
         return SearchResult(items, text, rewrites, stages, fallbacks, self.versions, _ms(started),
                             self.config.variant, llm, cache)
+
+    def _rerank(self, text: str, titles: list[str]) -> np.ndarray:
+        """Cross-encoder scores of ``titles``, each distinct title scored once (catalogues list the
+        same title under several ids: one product per colour or size)."""
+        distinct = list(dict.fromkeys(titles))
+        scores = dict(zip(distinct, np.asarray(self.reranker(text, distinct), dtype=np.float32), strict=True))
+        return np.array([scores[t] for t in titles], dtype=np.float32)
 
     def _apply(self, answer: Any, text: str, request: SearchRequest,
                rewrites: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:

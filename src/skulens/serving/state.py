@@ -111,7 +111,8 @@ class ServingState:
         cascade = self.cascade
         return {"catalog": self.catalog, "variants": {n: v.pipeline.versions for n, v in self.variants.items()},
                 "traffic": self.traffic, "uptime_s": round(time.time() - self.started, 1),
-                "llm": {"tiers": cascade.names, "breakers": {n: b.state for n, b in cascade.breakers.items()},
+                "llm": {"tiers": cascade.names, "ready": {t.name: t.ready() for t, _ in cascade.tiers},
+                        "breakers": {n: b.state for n, b in cascade.breakers.items()},
                         "spent_today_usd": round(cascade.daily.spent, 6), "cache_entries": len(cascade.cache)}
                 if cascade else None}
 
