@@ -212,3 +212,14 @@ def test_a_failing_encoder_on_a_photo_alone_is_a_flagged_empty_page(client):
     assert response.status_code == 200
     assert response.json()["items"] == [] and response.json()["fallbacks"] == ["photo_search_unavailable"]
     assert 'skulens_zero_results_total{endpoint="search"}' in client.get("/metrics").text
+
+
+def test_a_failing_llm_provider_mid_traffic_is_skipped_and_flagged(client):
+    state = client.state_obj
+    down = Scripted("hosted", RuntimeError("provider down"))
+    state.cascade.tiers = [state.cascade.tiers[0], (down, TierPolicy())]
+    state.cascade.breakers["hosted"] = type(state.cascade.breakers["model"])(failures=3)
+    response = client.post("/search", json={"text": "qqqzx vvvwy", "k": 3})
+    assert response.status_code == 200
+    assert set(response.json()["fallbacks"]) >= {"llm_provider_skipped", "recovery_failed"}
+    assert 'skulens_llm_calls_total{outcome="error",tier="hosted"}' in client.get("/metrics").text

@@ -263,7 +263,7 @@ class SearchPipeline:
             dense, lexical = stage("retrieve_relaxed", lambda: retrieve(text, filters), "retrieval_failed", ([], []))
             rewrites.append({"kind": "relaxed_filters", "dropped": sorted(derived)})
         if text and not lexical and self.cascade is not None and self.config.recovery_budget_ms > 0:
-            recovered = self._recover(text, request, filters, retrieve, stage, llm, rewrites)
+            recovered = self._recover(text, request, filters, retrieve, stage, llm, rewrites, fallbacks)
             if recovered is not None:
                 text, (dense, lexical) = recovered
         if vector is None or not text:
@@ -327,8 +327,8 @@ class SearchPipeline:
         return understanding.query, derived
 
     def _recover(self, text: str, request: SearchRequest, filters: Filters | None, retrieve: Callable[..., Any],
-                 stage: Callable[..., Any], llm: list[dict[str, Any]],
-                 rewrites: list[dict[str, Any]]) -> tuple[str, tuple[list, list]] | None:
+                 stage: Callable[..., Any], llm: list[dict[str, Any]], rewrites: list[dict[str, Any]],
+                 fallbacks: list[str]) -> tuple[str, tuple[list, list]] | None:
         """Zero-result recovery: the cascade's model tiers, each answer tried against the index."""
         found: dict[str, tuple[list, list]] = {}
 
@@ -349,7 +349,10 @@ class SearchPipeline:
         if answer is None:
             return None
         llm += [step.__dict__ for step in answer.steps]
+        if any(step.outcome in ("error", "timeout", "circuit_open") for step in answer.steps):
+            fallbacks.append("llm_provider_skipped")  # a failing or late provider, passed over
         if answer.tier is None or answer.understanding is None:
+            fallbacks.append("recovery_failed")
             return None
         query = answer.understanding.query
         hits = found.get(query) or retrieve(query, _merge(filters, answer.understanding.filters()))
