@@ -223,3 +223,21 @@ def test_a_failing_llm_provider_mid_traffic_is_skipped_and_flagged(client):
     assert response.status_code == 200
     assert set(response.json()["fallbacks"]) >= {"llm_provider_skipped", "recovery_failed"}
     assert 'skulens_llm_calls_total{outcome="error",tier="hosted"}' in client.get("/metrics").text
+
+
+def test_a_late_retrieval_does_not_start_zero_result_recovery(client):
+    pipeline = client.state_obj.variants["control"].pipeline
+    real = pipeline.lexical
+
+    class Slow:
+        def search(self, *args, **kwargs):
+            import time
+
+            time.sleep(0.3)
+            return real.search(*args, **kwargs)
+    pipeline.lexical = Slow()
+    pipeline.config = type(pipeline.config)(stage_timeout_ms={"retrieve": 50.0}, total_budget_ms=1000)
+    model = client.state_obj.cascade.tiers[1][0]
+    before = model.calls
+    body = client.post("/search", json={"text": "red shirt", "k": 3}).json()
+    assert "retrieval_failed" in body["fallbacks"] and model.calls == before

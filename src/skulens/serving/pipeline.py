@@ -262,7 +262,10 @@ class SearchPipeline:
             filters = request.filters
             dense, lexical = stage("retrieve_relaxed", lambda: retrieve(text, filters), "retrieval_failed", ([], []))
             rewrites.append({"kind": "relaxed_filters", "dropped": sorted(derived)})
-        if text and not lexical and self.cascade is not None and self.config.recovery_budget_ms > 0:
+        retrieved = all(s.status == "ok" for s in stages if s.name.startswith("retrieve"))
+        # Recovery only when the search ran and found nothing: a late or failed retrieval (an
+        # overloaded machine) must not add model calls on top.
+        if text and retrieved and not lexical and self.cascade is not None and self.config.recovery_budget_ms > 0:
             recovered = self._recover(text, request, filters, retrieve, stage, llm, rewrites, fallbacks)
             if recovered is not None:
                 text, (dense, lexical) = recovered

@@ -199,10 +199,17 @@ class LocalGGUFTier:
         # at the end of its line: a small model then completes fields instead of writing prose.
         prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + PREFILL
         encoded = self._tokenizer(prompt, return_tensors="pt")
-        with self._lock, torch.inference_mode():  # one generation at a time: the CPU is the limit
-            output = self._model.generate(**encoded, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          max_time=max(timeout_s, 0.05), pad_token_id=self._tokenizer.eos_token_id,
-                                          stop_strings=["}\n", "\n"], tokenizer=self._tokenizer)
+        # One generation at a time, and none queued: a busy model is skipped, not waited for.
+        if not self._lock.acquire(blocking=False):
+            raise TierUnavailable("local model busy with another query")
+        try:
+            with torch.inference_mode():
+                output = self._model.generate(**encoded, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                              max_time=max(timeout_s, 0.05),
+                                              pad_token_id=self._tokenizer.eos_token_id,
+                                              stop_strings=["}\n", "\n"], tokenizer=self._tokenizer)
+        finally:
+            self._lock.release()
         prompt_len = encoded["input_ids"].shape[1]
         new = output[0][prompt_len:]
         return TierAnswer(PREFILL + self._tokenizer.decode(new, skip_special_tokens=True), prompt_len, len(new))
