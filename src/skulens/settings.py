@@ -251,6 +251,8 @@ class ServingSettings(_Model):
     rerank_top_k: int = Field(20, ge=1, le=200)
     # Drop a result whose vector has this cosine with a better one (the same product twice); null keeps all.
     collapse_threshold: float | None = Field(0.995, gt=0, le=1)
+    # Skip the reranker (flagged rerank_shed) while more searches than this are in flight; null: never.
+    shed_rerank_above: int | None = Field(4, ge=1)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     rules: BusinessRuleSettings = Field(default_factory=BusinessRuleSettings)
     # The environment variable holding the admin API key; admin endpoints answer 401 without it.

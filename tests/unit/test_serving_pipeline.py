@@ -135,3 +135,11 @@ def test_the_same_product_listed_twice_is_collapsed(parts):
     result = pipeline.search(SearchRequest.parse({"image": None, "text": "anything", "k": 3}, CONFIG))
     assert [i["product_id"] for i in result.items] == ["a", "b"]
     assert {"kind": "collapsed_duplicates", "dropped": 1} in result.rewrites
+
+
+def test_rerank_is_shed_under_overload(parts):
+    busy = SearchPipeline(**parts, config=ServingConfig(shed_rerank_above=0))  # every search counts as overload
+    result = _search(busy, text="red shirt", k=3)
+    assert result.fallbacks == ["rerank_shed"] and all("rerank" not in i["scores"] for i in result.items)
+    calm = SearchPipeline(**parts, config=ServingConfig(shed_rerank_above=None))
+    assert _search(calm, text="red shirt", k=3).fallbacks == []

@@ -23,6 +23,7 @@ Python; a late stage's thread finishes in the background and its result is dropp
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -54,13 +55,17 @@ class ServingConfig:
     # Results whose vectors are this similar to a better one are dropped from the page (the same
     # product listed twice); None keeps them.
     collapse_threshold: float | None = 0.995
+    # With more searches than this in flight the reranker is skipped (flagged "rerank_shed"):
+    # under overload a late rerank only burns CPU the next requests need. None: never shed.
+    shed_rerank_above: int | None = 4
 
     @classmethod
     def from_settings(cls, serving: Any, **overrides: Any) -> ServingConfig:
         """From the ``serving`` section of the settings."""
         return cls(total_budget_ms=serving.total_budget_ms, stage_timeout_ms=dict(serving.stage_timeout_ms),
                    recovery_budget_ms=serving.recovery_budget_ms, rerank_top_k=serving.rerank_top_k,
-                   collapse_threshold=serving.collapse_threshold, **overrides)
+                   collapse_threshold=serving.collapse_threshold, shed_rerank_above=serving.shed_rerank_above,
+                   **overrides)
 
 
 class RequestError(ValueError):
@@ -169,6 +174,8 @@ class SearchPipeline:
         # costliest stage after reranking.
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self.vector_cache_size = 4096
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -187,6 +194,16 @@ class SearchPipeline:
             raise _Late(f"late: over {timeout:.0f} ms") from exc
 
     def search(self, request: SearchRequest) -> SearchResult:
+        with self._inflight_lock:
+            self._inflight += 1
+            inflight = self._inflight
+        try:
+            return self._search(request, inflight)
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
+
+    def _search(self, request: SearchRequest, inflight: int) -> SearchResult:
         started = time.perf_counter()
         stages: list[StageReport] = []
         fallbacks: list[str] = []
@@ -278,7 +295,11 @@ class SearchPipeline:
             for pid, score in hits:
                 scores.setdefault(pid, {})[label] = round(float(score), 5)
         order = [pid for pid, _ in fused]
-        if self.reranker is not None and text and order and request.rerank:
+        shed = self.config.shed_rerank_above is not None and inflight > self.config.shed_rerank_above
+        if self.reranker is not None and text and order and request.rerank and shed:
+            stages.append(StageReport("rerank", 0.0, "fallback", f"{inflight} searches in flight"))
+            fallbacks.append("rerank_shed")
+        elif self.reranker is not None and text and order and request.rerank:
             head = order[:self.config.rerank_top_k]
             reranked = stage("rerank", lambda: self._rerank(text, [self.titles.get(p, "") for p in head]),
                              "retrieval_order", None)
