@@ -32,16 +32,23 @@ def serve_command(
     url = f"http://{host}:{port}"
     console.print(f"skulens search service on {url} (index and models from {settings.home})")
     env = {**os.environ, "SKULENS_HOME": str(settings.home), "BENTOML_DO_NOT_TRACK": "True"}
+    key_env = settings.serving.admin_key_env
+    if examples and not env.get(key_env):
+        import secrets
+
+        env[key_env] = secrets.token_urlsafe(16)  # this run's own admin key, to watch the LLM tiers load
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:SearchService", "--host", host,
                "--port", str(port), "--working-dir", str(root)]
     if not examples:
         raise typer.Exit(subprocess.call(command, cwd=root, env=env))
     server = subprocess.Popen(command, cwd=root, env=env, start_new_session=True)
     try:
-        from skulens.serving.examples import run_examples, wait_ready
+        from skulens.serving.examples import run_examples, wait_llm, wait_ready
 
         seconds = wait_ready(url, alive=lambda: server.poll() is None)
-        console.print(f"ready in {seconds:.0f} s")
+        console.print(f"ready in {seconds:.0f} s; waiting for the local LLM tier to load")
+        if not wait_llm(url, env[key_env]):
+            console.print("the LLM tiers are still loading; running the examples anyway")
         run_examples(url, _a_photo(settings), _show)
         console.print(f"\n[bold]web page:[/] {url}/   (search box, photo upload, filters, similar products)")
         if sys.stdin.isatty():

@@ -28,6 +28,23 @@ def wait_ready(base: str, timeout_s: float = 300, alive: Callable[[], bool] = la
     raise TimeoutError(f"the service at {base} was not ready after {timeout_s:.0f} s")
 
 
+def wait_llm(base: str, admin_key: str, timeout_s: float = 120) -> bool:
+    """Wait (up to ``timeout_s``) until every LLM tier has loaded, so the examples do not share the
+    CPU with the local model's loading; False when some tier is still loading."""
+    import httpx
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        status = httpx.get(f"{base}/admin/status", headers={"X-API-Key": admin_key}, timeout=10)
+        if status.status_code != 200:
+            return False
+        llm = status.json().get("llm") or {}
+        if all((llm.get("ready") or {}).values()):
+            return True
+        time.sleep(2)
+    return False
+
+
 def run_examples(base: str, photo: Path | None, show: Callable[[str, dict[str, Any]], None]) -> None:
     """Text searches, a photo search, similar products and a session recommendation."""
     import httpx

@@ -180,6 +180,34 @@ class SearchPipeline:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def warm_up(self) -> dict[str, float]:
+        """Run each model once (text and image towers, reranker, both indexes) so that the first
+        shopper's request does not pay for lazy initialisation; milliseconds per part."""
+        import io
+
+        from PIL import Image
+
+        photo = io.BytesIO()
+        Image.new("RGB", (64, 64), (120, 120, 120)).save(photo, format="PNG")
+        parts: dict[str, Callable[[], Any]] = {
+            "text": lambda: self.encoder.encode_texts(["warm up"]),
+            "image": lambda: self.encoder.encode_images([photo.getvalue()]),
+            "lexical": lambda: self.lexical.search("warm up", k=10),
+        }
+        if self.reranker is not None:
+            parts["rerank"] = lambda: self.reranker("warm up", ["warm up"] * 4)
+        timings = {}
+        for name, run in parts.items():
+            t = time.perf_counter()
+            try:
+                vector = run()
+                if name == "text":
+                    self.store.search(vector, k=10)
+            except Exception:  # noqa: BLE001, S112 - a part that fails here fails (and falls back) per request
+                continue
+            timings[name] = _ms(t)
+        return timings
+
     def _run(self, name: str, fn: Callable[[], Any], started: float, budget_ms: float | None = None) -> Any:
         """``fn()`` within the stage timeout and what is left of the (total or recovery) budget."""
         budget = self.config.total_budget_ms if budget_ms is None else budget_ms
