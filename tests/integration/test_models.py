@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -126,6 +127,17 @@ def test_tiny_training_resumes_evaluates_and_exports(settings_at, home, tmp_path
         assert (served.endswith(f"{tower}.onnx")) == (decision[tower]["chosen"] is None)
     assert json.loads((tmp_path / "onnx" / "export.json").read_text())["served"] == decision["served"]
 
+    # The served text tower gives the torch tower's vectors (trimmed inputs where its export has a
+    # dynamic sequence axis: HF text towers do; open_clip's own text transformer is fixed-length).
+    from skulens.retrieval.encoders import TwoTowerEncoder
+
+    text_onnx = tmp_path / "onnx" / Path(decision["served"]["text"]).name
+    onnx = TwoTowerEncoder(out / "bundle", text_onnx=text_onnx, cache_dir=settings_at.home / "cache" / "models")
+    torch_side = TwoTowerEncoder(out / "bundle", cache_dir=settings_at.home / "cache" / "models")
+    queries = ["red shirt", "navy blue casual shirt for men", "watch"]
+    cosine = (onnx.encode_texts(queries) * torch_side.encode_texts(queries)).sum(axis=1)
+    assert cosine.min() > settings_at.models.parity.min_cosine - 0.05, cosine
+
 
 def test_parity_gate_rejects_int8_that_drifts(settings_at, home, tmp_path):
     """With an impossible threshold the INT8 artefacts are refused with the measured reason."""
@@ -236,3 +248,20 @@ def test_text_text_mode_reports_before_and_after(settings_at, home, tmp_path):
     assert set(result["before"]) == {"text_only_minilm", "image_text_head"}
     assert {"full_corpus_nDCG@10", "full_corpus_R@100", "rerank_nDCG@10"} <= set(result["after"])
     assert result["queries"].startswith("real Home Depot") and (tmp_path / "qt" / "bundle" / "weights.pt").is_file()
+
+
+def test_offline_text_tower_exports_with_a_dynamic_sequence_axis(settings_at, tmp_path):
+    """The offline model's HF text tower runs a short query on its own tokens, not the padded
+    context, with the torch tower's vectors."""
+    from skulens.export.onnx_export import export_two_tower
+    from skulens.models.two_tower import TwoTower
+    from skulens.retrieval.encoders import TwoTowerEncoder
+
+    cache = settings_at.home / "cache" / "models"
+    bundle = TwoTower.build("skulens-offline", cache_dir=cache).save(tmp_path / "bundle")
+    files = export_two_tower(TwoTower.load(bundle, cache_dir=cache), tmp_path / "onnx")
+    onnx = TwoTowerEncoder(bundle, text_onnx=files["text"], cache_dir=cache)
+    assert onnx.text_dynamic
+    queries = ["red shirt", "navy blue casual shirt for men", "watch"]
+    cosine = (onnx.encode_texts(queries) * TwoTowerEncoder(bundle, cache_dir=cache).encode_texts(queries)).sum(axis=1)
+    assert cosine.min() > 0.9999, cosine

@@ -66,7 +66,9 @@ def export_two_tower(tower, out_dir: Path) -> dict[str, Path]:  # noqa: ANN001 -
     tokens = tower.tokenize(["a red shirt for men", "blue running shoes"]).cpu()
     pixels = torch.zeros(2, 3, tower.image_size, tower.image_size)
     return {
-        "text": export_module(TextEncoder(), (tokens,), out_dir / "text.onnx", ["input_ids"], "text_embedding"),
+        # A dynamic sequence axis: a query of a few tokens runs on those, not on the padded context.
+        "text": export_module(TextEncoder(), (tokens,), out_dir / "text.onnx", ["input_ids"], "text_embedding",
+                              dynamic_seq=True),
         "image": export_module(ImageEncoder(), (pixels,), out_dir / "image.onnx", ["pixels"], "image_embedding"),
     }
 
