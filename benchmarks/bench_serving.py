@@ -193,6 +193,8 @@ async def drive(base: str, bodies: list[tuple[str, dict]], seconds: float, concu
 def run_size(label: str, home: Path, args: argparse.Namespace) -> dict:
     import httpx
 
+    from skulens.serving.examples import wait_llm, wait_ready
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -200,21 +202,10 @@ def run_size(label: str, home: Path, args: argparse.Namespace) -> dict:
     server = start(home, port, args.rerank_top_k)
     try:
         started = time.perf_counter()
-        while time.perf_counter() - started < 600:
-            try:
-                if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        ready_s = time.perf_counter() - started
+        ready_s = wait_ready(base, timeout_s=600, alive=lambda: server.poll() is None)
         # Measure once the local LLM tier has loaded (a background thread that takes the CPU for
         # about 25 s after readiness): the figures are for a warm service.
-        while time.perf_counter() - started < 600:
-            status = httpx.get(base + "/admin/status", headers={"X-API-Key": ADMIN_KEY}, timeout=10).json()
-            if all(status["llm"]["ready"].values()):
-                break
-            time.sleep(2)
+        wait_llm(base, ADMIN_KEY, timeout_s=600)
         warm_s = time.perf_counter() - started
         texts = queries(home, 4000)
         images = photos(home, 200)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from skulens.serving.images import MAX_IMAGE_BYTES, check_image, decode_base64
-from skulens.serving.pipeline import RequestError, SearchRequest
+from skulens.serving.pipeline import RequestError, SearchRequest, bounded_int, parse_filters, reject_unknown
 from skulens.serving.state import ReloadError, ServingState
 
 MAX_JSON_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 64 * 1024
@@ -84,19 +84,6 @@ async def _search_input(request: Request) -> tuple[dict[str, Any], bytes | None]
     return raw, (check_image(decode_base64(encoded)) if encoded is not None else None)
 
 
-def _int(raw: Mapping[str, Any], name: str, default: int, top: int) -> int:
-    value = raw.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-        raise RequestError(f"{name} must be an integer from 1 to {top}, got {value!r}")
-    return value
-
-
-def _only(raw: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise RequestError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
-
-
 def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str = "SKULENS_ADMIN_KEY") -> FastAPI:
     """The app over the state ``get_state()`` returns (None while loading: 503 on every endpoint)."""
     app = FastAPI(title="skulens search", summary="Text, photo and hybrid product search", docs_url="/docs")
@@ -149,40 +136,35 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
 
     @app.post("/recommend/similar")
     async def similar(request: Request) -> JSONResponse:
-        from skulens.retrieval.filters import FilterError, Filters
-
         current = state()
         raw = await _json_body(request)
-        _only(raw, {"product_id", "k", "filters", "user_id", "session_id"})
+        reject_unknown(raw, {"product_id", "k", "filters", "user_id", "session_id"})
         product_id = raw.get("product_id")
         if not isinstance(product_id, str) or not product_id:
             raise RequestError("product_id must be a non-empty string")
-        try:
-            filters = Filters.parse(raw.get("filters"))
-        except FilterError as exc:
-            raise RequestError(str(exc)) from exc
-        k = _int(raw, "k", 10, current.config.max_k)
+        filters = parse_filters(raw.get("filters"))
+        k = bounded_int(raw, "k", 10, current.config.max_k)
         recommender = current.recommender(raw.get("user_id") or raw.get("session_id"))
-        body = await run_in_threadpool(recommender.similar, product_id, k, None if filters.empty else filters)
-        return JSONResponse(_with_images(current, body))
+        body = await run_in_threadpool(recommender.similar, product_id, k, filters)
+        return JSONResponse(current.with_photos(body))
 
     @app.post("/recommend/session")
     async def session(request: Request) -> JSONResponse:
         current = state()
         raw = await _json_body(request)
-        _only(raw, {"product_ids", "k", "category", "user_id", "session_id"})
+        reject_unknown(raw, {"product_ids", "k", "category", "user_id", "session_id"})
         ids = raw.get("product_ids", [])
         if not isinstance(ids, list) or len(ids) > 100 or not all(isinstance(p, str) and p for p in ids):
             raise RequestError("product_ids must be a list of at most 100 product ids (oldest first)")
         category = raw.get("category")
         if category is not None and not isinstance(category, str):
             raise RequestError("category must be a string")
-        k = _int(raw, "k", 10, current.config.max_k)
+        k = bounded_int(raw, "k", 10, current.config.max_k)
         recommender = current.recommender(raw.get("user_id") or raw.get("session_id"))
         body = await run_in_threadpool(recommender.session, ids, k, category)
         if not body["items"]:
             current.metrics.zero_results.labels(endpoint="recommend_session").inc()
-        return JSONResponse(_with_images(current, body))
+        return JSONResponse(current.with_photos(body))
 
     @app.get("/products/{product_id}/image")
     async def image(product_id: str) -> Response:
@@ -218,7 +200,7 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
     async def admin_reload(request: Request) -> JSONResponse:
         current = admin(request)
         raw = await _json_body(request)
-        _only(raw, {"variant", "index_version", "reranker_version"})
+        reject_unknown(raw, {"variant", "index_version", "reranker_version"})
         variant = raw.get("variant", "control")
         index_version, reranker_version = raw.get("index_version"), raw.get("reranker_version")
         if index_version is not None and not isinstance(index_version, str):
@@ -236,13 +218,6 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         return JSONResponse({"traffic": current.set_traffic(raw.get("traffic", raw))})
 
     return app
-
-
-def _with_images(state: ServingState, body: dict[str, Any]) -> dict[str, Any]:
-    images = state.variants["control"].images
-    for item in body["items"]:
-        item["image"] = f"/products/{item['product_id']}/image" if item["product_id"] in images else None
-    return body
 
 
 class _NotReady(Exception):

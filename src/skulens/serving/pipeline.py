@@ -72,6 +72,30 @@ class RequestError(ValueError):
     """A search request that cannot be served as sent (answered with a 4xx and this message)."""
 
 
+def reject_unknown(raw: Mapping[str, Any], allowed: set[str]) -> None:
+    """RequestError naming the fields of ``raw`` outside ``allowed``."""
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise RequestError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+
+
+def bounded_int(raw: Mapping[str, Any], name: str, default: int, top: int) -> int:
+    """``raw[name]`` (or ``default``) when it is an integer from 1 to ``top``; else RequestError."""
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise RequestError(f"{name} must be an integer from 1 to {top}, got {value!r}")
+    return value
+
+
+def parse_filters(raw: Any) -> Filters | None:
+    """A request's ``filters`` object (None when it filters nothing); RequestError when invalid."""
+    try:
+        filters = Filters.parse(raw)
+    except FilterError as exc:
+        raise RequestError(str(exc)) from exc
+    return None if filters.empty else filters
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     text: str | None = None
@@ -86,10 +110,7 @@ class SearchRequest:
     @classmethod
     def parse(cls, raw: Mapping[str, Any], config: ServingConfig, image: bytes | None = None) -> SearchRequest:
         """Validate a request body (a mapping); every problem is a RequestError naming the field."""
-        unknown = sorted(set(raw) - {"text", "query", "filters", "k", "page", "user_id", "session_id", "image",
-                                     "rerank"})
-        if unknown:
-            raise RequestError(f"unknown field(s) {', '.join(unknown)}")
+        reject_unknown(raw, {"text", "query", "filters", "k", "page", "user_id", "session_id", "image", "rerank"})
         text = raw.get("text", raw.get("query"))
         if text is not None and not isinstance(text, str):
             raise RequestError("text must be a string")
@@ -98,14 +119,8 @@ class SearchRequest:
         text = re.sub(r"\s+", " ", text).strip() if text else None
         if not text and image is None:
             raise RequestError("send a text, a photo or both")
-        k, page = raw.get("k", 10), raw.get("page", 1)
-        for name, value, top in (("k", k, config.max_k), ("page", page, config.max_page)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise RequestError(f"{name} must be an integer from 1 to {top}, got {value!r}")
-        try:
-            filters = Filters.parse(raw.get("filters"))
-        except FilterError as exc:
-            raise RequestError(str(exc)) from exc
+        k, page = bounded_int(raw, "k", 10, config.max_k), bounded_int(raw, "page", 1, config.max_page)
+        filters = parse_filters(raw.get("filters"))
         ids = {n: raw.get(n) for n in ("user_id", "session_id")}
         for name, value in ids.items():
             if value is not None and (not isinstance(value, str) or len(value) > 128):
@@ -115,8 +130,7 @@ class SearchRequest:
             rerank = rerank.lower() == "true"
         if not isinstance(rerank, bool):
             raise RequestError(f"rerank must be true or false, got {rerank!r}")
-        return cls(text, image, None if filters.empty else filters, k, page, ids["user_id"], ids["session_id"],
-                   rerank)
+        return cls(text, image, filters, k, page, ids["user_id"], ids["session_id"], rerank)
 
 
 @dataclass

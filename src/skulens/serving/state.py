@@ -127,10 +127,16 @@ class ServingState:
         served = self.served(request.user_id or request.session_id)
         result = served.pipeline.search(request)
         self.metrics.observe_search(result)
-        body = result.to_dict()
+        body = self.with_photos(result.to_dict(), served)
         for item in body["items"]:
-            item["image"] = f"/products/{item['product_id']}/image" if item["product_id"] in served.images else None
             item["category"] = served.categories.get(item["product_id"])
+        return body
+
+    def with_photos(self, body: dict[str, Any], served: Served | None = None) -> dict[str, Any]:
+        """``body``'s items with the URL of their photo (None for a product without one)."""
+        images = (served or self.variants["control"]).images
+        for item in body["items"]:
+            item["image"] = f"/products/{item['product_id']}/image" if item["product_id"] in images else None
         return body
 
     def recommender(self, key: str | None = None) -> Any:
