@@ -5,7 +5,7 @@ import pytest
 from skulens.data.catalog import DataQualityError, read_table
 from skulens.data.loaders import import_catalog
 from skulens.data.mapping import MappingError, load_mapping
-from skulens.data.products import build_products
+from skulens.data.products import build_products, photo_root
 from skulens.data.sources import read_records
 from tests.conftest import FIXTURES, PROJECT_ROOT
 
@@ -24,6 +24,8 @@ def test_example_mapping_imports_the_fixture(settings):
     assert by_id["A1"]["category_path"] == ["Apparel", "T-Shirts"]
     assert dict(by_id["A1"]["attributes"]) == {"colour": "White", "gender": "Men"}
     assert by_id["A1"]["image_uri"].endswith("fixtures/mystore/images/a1.jpg")
+    published = photo_root(read_table(settings, "mystore", "products"))  # kept through publish
+    assert published == (FIXTURES / "mystore" / "images").resolve()
     assert by_id["A2"]["currency"] == "USD"  # upper-cased
     assert by_id["A3"]["title"] == "Acme Black T-Shirts"  # derived from title_template
     assert by_id["A3"]["currency"] == "USD"  # defaults.currency
@@ -107,3 +109,27 @@ def test_jsonl_catalogue_with_delimited_category(settings, tmp_path):
     assert rows["x1"]["category_path"] == ["Home", "Lighting"]
     assert rows["x2"]["category_path"] == ["Home", "Furniture"]
     assert rows["x1"]["price"] == 12.0 and rows["x2"]["price"] is None
+
+
+def test_photo_paths_outside_the_photo_folder_are_rejected_by_name(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "ok.jpg").write_bytes(b"\xff\xd8\xff")
+    (images / "sub").mkdir()
+    (images / "sub" / "deep.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "secret.jpg").write_bytes(b"\xff\xd8\xff")
+    (images / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    header = "sku,name,description,brand,price,currency,photo,modified,department,category,color,gender\n"
+    rows = [("C1", "ok.jpg"), ("C2", "sub/deep.jpg"), ("C3", "../secret.jpg"), ("C4", str(tmp_path / "secret.jpg")),
+            ("C5", "/etc/passwd"), ("C6", "sub/../../secret.jpg"), ("C7", "link.jpg")]
+    source = tmp_path / "products.csv"
+    source.write_text(header + "".join(f"{sku},Shirt {sku},,Acme,9.5,USD,{photo},,Apparel,Shirts,Red,Men\n"
+                                       for sku, photo in rows))
+    mapping = load_mapping(EXAMPLE, source=str(source), images_dir=str(images))
+    products, check = build_products(read_records(mapping.source), mapping)
+    kept = dict(zip(products.column("product_id").to_pylist(), products.column("image_uri").to_pylist(), strict=True))
+    assert kept == {"C1": str(images / "ok.jpg"), "C2": str(images / "sub" / "deep.jpg")}
+    assert {(r["row_number"], r["rule"]) for r in check.rejects.to_pylist()} == {
+        (4, "image_outside_folder"), (5, "image_outside_folder"), (6, "image_outside_folder"),
+        (7, "image_outside_folder"), (8, "image_outside_folder")}
+    assert photo_root(products) == images.resolve()  # travels with the table, for the service

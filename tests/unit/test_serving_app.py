@@ -50,7 +50,7 @@ def client(parts, settings, monkeypatch, tmp_path):  # noqa: F811 - pytest fixtu
                                   categories={p: c[-1] for p, c in categories.items()},
                                   versions={"index": index_version or "v1", "embedder": "e/1"})
         return Served(pipeline, parts["store"], titles, categories, {"p0": str(photo)},
-                      Vocabulary.from_products(categories.values(), []))
+                      Vocabulary.from_products(categories.values(), []), photo_root=tmp_path)
 
     metrics = ServingMetrics.standalone()
     state = ServingState(settings, metrics, loader=loader)
@@ -225,19 +225,24 @@ def test_a_failing_llm_provider_mid_traffic_is_skipped_and_flagged(client):
     assert 'skulens_llm_calls_total{outcome="error",tier="hosted"}' in client.get("/metrics").text
 
 
-def test_a_late_retrieval_does_not_start_zero_result_recovery(client):
+def test_a_late_dense_side_gives_the_lexical_page_and_no_zero_result_recovery(client):
     pipeline = client.state_obj.variants["control"].pipeline
-    real = pipeline.lexical
+    real = pipeline.store
 
     class Slow:
+        vectors = real.vectors
+
         def search(self, *args, **kwargs):
             import time
 
             time.sleep(0.3)
             return real.search(*args, **kwargs)
-    pipeline.lexical = Slow()
+    pipeline.store = Slow()
     pipeline.config = type(pipeline.config)(stage_timeout_ms={"retrieve": 50.0}, total_budget_ms=1000)
     model = client.state_obj.cascade.tiers[1][0]
     before = model.calls
     body = client.post("/search", json={"text": "red shirt", "k": 3}).json()
-    assert "retrieval_failed" in body["fallbacks"] and model.calls == before
+    assert body["fallbacks"] == ["lexical_only"] and len(body["items"]) == 3
+    assert all("bm25" in item["scores"] and "dense" not in item["scores"] for item in body["items"])
+    nothing = client.post("/search", json={"text": "zzzqx wwwvv", "k": 3}).json()
+    assert "lexical_only" in nothing["fallbacks"] and model.calls == before  # no model calls on a late search

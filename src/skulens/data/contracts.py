@@ -120,7 +120,8 @@ class Contract:
             if not field.nullable and table.column(field.name).null_count:
                 raise ValueError(f"{self.name}.{field.name}: nulls in a required field")
         try:
-            return table.cast(self.schema)
+            # The contract fixes columns and types; the table's own metadata (its photo folder) stays.
+            return table.cast(self.schema).replace_schema_metadata(table.schema.metadata)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise ValueError(f"{self.name}: does not fit the contract: {exc}") from exc
 

@@ -18,6 +18,8 @@ updated_at                type:timestamp              reject (empty takes the de
 attributes.<name>         missing_value               defect: the attribute is left out
 image_uri                 image_missing               defect: no photo for the product
 image_uri                 image_not_found             defect: the named photo file is absent
+image_uri                 image_outside_folder        reject: an absolute path, or one that leads
+                                                      out of the photo folder (``../``, a link)
 ========================  ==========================  ============================================
 """
 
@@ -95,7 +97,24 @@ def build_products(raw: RawRecords, mapping: CatalogMapping) -> tuple[pa.Table, 
                                    type=pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")),
         }
     )
-    return CONTRACTS["products"].conform(table), result
+    table = CONTRACTS["products"].conform(table)
+    # The photo folder travels with the table (and with every index snapshot of it): the service
+    # serves photos from under it only.
+    table = table.replace_schema_metadata({PHOTO_ROOT_KEY: str(_photo_root(mapping))})
+    return table, result
+
+
+PHOTO_ROOT_KEY = "skulens.photo_root"
+
+
+def photo_root(table: pa.Table) -> Path | None:
+    """The photo folder a ``products`` table was imported with (None for a table without one)."""
+    value = (table.schema.metadata or {}).get(PHOTO_ROOT_KEY.encode())
+    return Path(value.decode()) if value else None
+
+
+def _photo_root(mapping: CatalogMapping) -> Path:
+    return Path(mapping.images_dir).resolve() if mapping.images_dir else Path.cwd().resolve()
 
 
 def _clean(value: object) -> object:
@@ -192,12 +211,13 @@ def _image_uris(frame: pd.DataFrame, mapping: CatalogMapping, checker: RecordChe
                        "the mapping names no image column or pattern")
         return [None] * n
 
-    root = Path(images_dir).resolve() if images_dir else Path.cwd()
+    root = _photo_root(mapping)
     # One directory listing answers the common case (a bare file name) without a stat per row.
     present = set(os.listdir(root)) if root.is_dir() else set()
     uris: list[str | None] = [None] * n
     absent = np.zeros(n, dtype=bool)
     not_found = np.zeros(n, dtype=bool)
+    outside = np.zeros(n, dtype=bool)
     named = "image" in mapping.columns
     for i, name in enumerate(names.tolist()):
         if not name:
@@ -205,20 +225,26 @@ def _image_uris(frame: pd.DataFrame, mapping: CatalogMapping, checker: RecordChe
         elif _URI.match(name):
             uris[i] = name  # remote photo: checked when it is fetched, not here
         elif "/" not in name:
-            if name in present:
+            if name in present and (root / name).is_symlink() and not (root / name).resolve().is_relative_to(root):
+                outside[i] = True  # a link out of the photo folder
+            elif name in present:
                 uris[i] = f"{root}/{name}"
             elif named:
                 not_found[i] = True
             else:
                 absent[i] = True
         else:
-            path = Path(name) if Path(name).is_absolute() else root / name
-            if path.is_file():
-                uris[i] = str(path.resolve())
+            path = (root / name).resolve()
+            if Path(name).is_absolute() or not path.is_relative_to(root):
+                outside[i] = True  # a catalogue file must not make the service read other files
+            elif path.is_file():
+                uris[i] = str(path)
             elif named:
                 not_found[i] = True
             else:
                 absent[i] = True
+    checker.reject(outside, "image_uri", "image_outside_folder",
+                   f"the photo path is absolute or leads out of the photo folder {root}", values=names)
     checker.defect(absent, "image_uri", "image_missing", "the product has no photo", values=names)
     checker.defect(not_found, "image_uri", "image_not_found",
                    f"the photo file is not in {images_dir}", values=names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,19 +33,26 @@ class Filters:
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None) -> Filters:
         """From a request's ``filters`` object; unknown keys and bad values raise FilterError."""
-        raw = dict(raw or {})
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise FilterError(f"filters must be an object such as {{\"category\": \"shirts\"}}, "
+                              f"got {type(raw).__name__} {_short(raw)}")
+        raw = dict(raw)
         unknown = sorted(set(raw) - set(KNOWN))
         if unknown:
             raise FilterError(f"unknown filter {', '.join(unknown)}; known: {', '.join(KNOWN)}")
         for bound in ("price_min", "price_max"):
             value = raw.get(bound)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
                 raise FilterError(f"filter {bound} must be a non-negative number, got {value!r}")
         if raw.get("price_min") is not None and raw.get("price_max") is not None \
                 and raw["price_min"] > raw["price_max"]:
             raise FilterError(f"price_min {raw['price_min']} is above price_max {raw['price_max']}")
         attrs = raw.get("attributes") or {}
-        if not isinstance(attrs, Mapping) or not all(isinstance(v, str) for v in attrs.values()):
+        if not isinstance(attrs, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in attrs.items()):
             raise FilterError("filter attributes must map attribute names to strings")
         category = raw.get("category")
         if category is not None and not isinstance(category, str):
@@ -54,6 +62,11 @@ class Filters:
     @property
     def empty(self) -> bool:
         return self.category is None and self.price_min is None and self.price_max is None and not self.attributes
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass

@@ -299,6 +299,7 @@ def compact(settings: Any, catalog: str, run_id: str | None = None) -> dict[str,
     delta_products = live.delta.products()
     products = pa.concat_tables([kept_products.select(list(_PRODUCT_COLUMNS)).cast(delta_products.schema),
                                  delta_products]) if delta_ids else kept_products.select(list(_PRODUCT_COLUMNS))
+    products = products.replace_schema_metadata(base_products.schema.metadata)  # the photo folder
     version = run_id or f"compact__{new_version_id()}"
     staging = store.begin(version)
     pq.write_table(products, staging / "products.parquet")

@@ -17,25 +17,42 @@ def decode_base64(encoded: object) -> bytes:
     if not isinstance(encoded, str):
         raise RequestError("image_base64 must be a string")
     if len(encoded) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-        raise RequestError(f"image is over {MAX_IMAGE_BYTES // 2**20} MB")
+        raise RequestError(f"image is over {MAX_IMAGE_BYTES // 2**20} MB", status=413)
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RequestError(f"image_base64 is not valid base64: {exc}") from exc
 
 
+def photo_format(data: bytes) -> str | None:
+    """JPEG, PNG or WEBP when ``data`` starts as that format does; None otherwise."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
 def check_image(data: bytes) -> bytes:
-    """``data`` when it is a photo Pillow can decode within the limits; else a RequestError."""
+    """``data`` when it is a JPEG, PNG or WebP photo Pillow can decode within the limits; else a
+    RequestError. The format is judged by the bytes, never by a file name or a declared type."""
     from PIL import Image, UnidentifiedImageError
 
     if len(data) > MAX_IMAGE_BYTES:
-        raise RequestError(f"image is {len(data) / 2**20:.1f} MB; at most {MAX_IMAGE_BYTES // 2**20} MB")
+        raise RequestError(f"image is {len(data) / 2**20:.1f} MB; at most {MAX_IMAGE_BYTES // 2**20} MB",
+                           status=413)
     if not data:
         raise RequestError("image is empty")
+    kind = photo_format(data)
+    if kind is None:
+        raise RequestError("image cannot be read as a photo: only JPEG, PNG and WebP are accepted "
+                           f"(the bytes start {data[:8]!r})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=[kind]) as image:
                 width, height = image.size  # read from the header: nothing decoded yet
                 if width * height > MAX_PIXELS:
                     raise RequestError(f"image is {width} x {height} pixels (a decompression bomb?); "

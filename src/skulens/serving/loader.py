@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -30,12 +31,34 @@ class Served:
     images: dict[str, str]
     vocabulary: Any
     recommender: Any = None  # made on first use (reads the click log)
+    photo_root: Path | None = None  # photos are served from under this folder only
+
+    def photo(self, product_id: str) -> Path | None:
+        """The product's photo file, when it lies inside the catalogue's photo folder."""
+        return confined_photo(self.images.get(product_id), self.photo_root)
+
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def confined_photo(uri: str | None, root: Path | None) -> Path | None:
+    """``uri`` as a file path when it is a photo inside ``root`` (links resolved first); else None.
+
+    A catalogue row (or a live upsert) naming ``/etc/passwd`` or ``../../secret`` is refused here
+    even if the importer was bypassed."""
+    if not uri or root is None:
+        return None
+    path = Path(uri).resolve()
+    if not path.is_relative_to(root.resolve()) or path.suffix.lower() not in PHOTO_SUFFIXES:
+        return None
+    return path if path.is_file() else None
 
 
 def load_served(settings: Settings, catalog: str | None = None, config: Any = None, *,
                 index_version: str | None = None, reranker_version: int | None = None,
                 cascade: Any = None) -> Served:
     """The pipeline over ``index_version`` (default: the published one) of ``catalog``."""
+    from skulens.data.products import photo_root
     from skulens.models.two_tower import TwoTower
     from skulens.pipelines.build_index import index_store
     from skulens.retrieval.encoders import TwoTowerEncoder
@@ -54,14 +77,17 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
 
     catalog = catalog or settings.retrieval.catalog
     live = LiveIndex.open(index_store(settings, catalog).root, version=index_version)
-    products = pq.read_table(live.version / "products.parquet",
-                             columns=["product_id", "title", "category_path", "attributes", "image_uri"]).to_pylist()
+    snapshot = pq.read_table(live.version / "products.parquet",
+                             columns=["product_id", "title", "category_path", "attributes", "image_uri"])
+    products = snapshot.to_pylist()
     products += list(live.delta.rows.values())
     gone = live.tombstones - set(live.delta.rows)  # deleted since the build: unknown to every endpoint
     products = [row for row in products if row["product_id"] not in gone]
     titles = {row["product_id"]: row["title"] for row in products}
     categories = {row["product_id"]: list(row.get("category_path") or []) for row in products}
-    images = {row["product_id"]: row["image_uri"] for row in products if row.get("image_uri")}
+    root = photo_root(snapshot)
+    images = {row["product_id"]: row["image_uri"] for row in products
+              if confined_photo(row.get("image_uri"), root) is not None}
     model_version = str(live.vector.manifest.get("model_version", ""))
     match = re.fullmatch(r"(.+)/(\d+)", model_version)
     embedder = version_artifacts(settings, "embedder", version=int(match.group(2)) if match else None)
@@ -92,7 +118,7 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
         rules=BusinessRules.from_settings(settings.serving.rules),
         categories={pid: path[-1] for pid, path in categories.items() if path}, versions=versions, **kwargs)
     vocabulary = Vocabulary.from_products(categories.values(), (dict(row.get("attributes") or []) for row in products))
-    return Served(pipeline, live, titles, categories, images, vocabulary)
+    return Served(pipeline, live, titles, categories, images, vocabulary, photo_root=root)
 
 
 def load_pipeline(settings: Settings, catalog: str | None = None, config: Any = None) -> Any:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -69,7 +70,11 @@ class ServingConfig:
 
 
 class RequestError(ValueError):
-    """A search request that cannot be served as sent (answered with a 4xx and this message)."""
+    """A request that cannot be served as sent (answered with ``status``, a 4xx, and this message)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def reject_unknown(raw: Mapping[str, Any], allowed: set[str]) -> None:
@@ -188,11 +193,32 @@ class SearchPipeline:
         # costliest stage after reranking.
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self.vector_cache_size = 4096
+        self._vectors_lock = threading.Lock()  # request threads share the cache
         self._inflight = 0
         self._inflight_lock = threading.Lock()
+        self._retired = False
+
+    def enter(self) -> None:
+        """Count a search in flight (:meth:`search` does; a caller that must take the pipeline and
+        count it atomically, as a reload swaps variants, calls this first and passes ``entered``)."""
+        with self._inflight_lock:
+            self._inflight += 1
+
+    def retire(self) -> None:
+        """Close once the searches in flight have finished: a reload swaps in the new pipeline
+        first, and the old one drains (no running search loses its stages to a closed pool)."""
+        with self._inflight_lock:
+            self._retired = True
+            idle = self._inflight == 0
+        if idle:
+            self.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
 
     def warm_up(self) -> dict[str, float]:
         """Run each model once (text and image towers, reranker, both indexes) so that the first
@@ -235,15 +261,17 @@ class SearchPipeline:
         except FutureTimeout as exc:
             raise _Late(f"late: over {timeout:.0f} ms") from exc
 
-    def search(self, request: SearchRequest) -> SearchResult:
-        with self._inflight_lock:
-            self._inflight += 1
-            inflight = self._inflight
+    def search(self, request: SearchRequest, *, entered: bool = False) -> SearchResult:
+        if not entered:
+            self.enter()
         try:
-            return self._search(request, inflight)
+            return self._search(request, self._inflight)
         finally:
             with self._inflight_lock:
                 self._inflight -= 1
+                drained = self._retired and self._inflight == 0
+            if drained:
+                self.close()
 
     def _search(self, request: SearchRequest, inflight: int) -> SearchResult:
         started = time.perf_counter()
@@ -314,12 +342,13 @@ class SearchPipeline:
             return dense, lexical
 
         filters = _merge(request.filters, derived)
-        dense, lexical = stage("retrieve", lambda: retrieve(text, filters), "retrieval_failed", ([], []))
+        hits = _Hits(vector, depth, exclude)
+        dense, lexical = self._retrieve("retrieve", text, filters, hits, started, stages, fallbacks)
         if derived and not (dense or lexical):
             # The filters read from the query emptied the page (say, a price limit on a catalogue
             # without prices): relax them rather than answer nothing.
             filters = request.filters
-            dense, lexical = stage("retrieve_relaxed", lambda: retrieve(text, filters), "retrieval_failed", ([], []))
+            dense, lexical = self._retrieve("retrieve_relaxed", text, filters, hits, started, stages, fallbacks)
             rewrites.append({"kind": "relaxed_filters", "dropped": sorted(derived)})
         retrieved = all(s.status == "ok" for s in stages if s.name.startswith("retrieve"))
         # Recovery only when the search ran and found nothing: a late or failed retrieval (an
@@ -369,6 +398,62 @@ class SearchPipeline:
         items = [{"product_id": pid, "title": self.titles.get(pid), "scores": scores.get(pid, {})} for pid in page]
         return SearchResult(items, text, rewrites, stages, fallbacks, self.versions, _ms(started),
                             self.config.variant, llm, cache)
+
+    def _retrieve(self, name: str, query: str | None, filters: Filters | None, hits: _Hits, started: float,
+                  stages: list[StageReport], fallbacks: list[str]) -> tuple[list, list]:
+        """Dense and lexical hits. BM25 answers in about a millisecond, so it runs in the request's
+        own thread and is never dropped for lateness; the dense side of a text search runs beside it
+        in the pool under the stage timeout, and when it is late or fails the page is the lexical
+        list (flagged ``lexical_only``). A photo-only search has no other retriever: its dense side
+        runs to the end. An empty page then means that no retriever matched."""
+        t = time.perf_counter()
+        problems: dict[str, str] = {}
+        future, timeout = None, 0.0
+        dense_search = partial(self._dense, hits, filters)
+        if hits.vector is not None and query:
+            left = self.config.total_budget_ms - (t - started) * 1000
+            timeout = min(self.config.stage_timeout_ms.get("retrieve", left), left)
+            if timeout > 0:
+                future = self._pool.submit(dense_search)
+            else:
+                problems["dense"] = f"late: no time left of the {self.config.total_budget_ms:.0f} ms budget"
+        lexical: list = []
+        if query:
+            try:
+                lexical = self.lexical.search(query, k=hits.depth, filters=filters, exclude=hits.exclude)
+            except Exception as exc:  # noqa: BLE001 - a failing lexical index falls back to the dense side
+                problems["lexical"] = f"{type(exc).__name__}: {exc}"
+        dense: list = []
+        if hits.vector is not None and not query:
+            try:
+                dense = dense_search()
+            except Exception as exc:  # noqa: BLE001
+                problems["dense"] = f"{type(exc).__name__}: {exc}"
+        elif future is not None:
+            remaining = timeout - (time.perf_counter() - t) * 1000
+            try:
+                dense = future.result(timeout=max(remaining, 0.0) / 1000)
+            except FutureTimeout:
+                future.cancel()
+                problems["dense"] = f"late: over {timeout:.0f} ms"
+            except Exception as exc:  # noqa: BLE001
+                problems["dense"] = f"{type(exc).__name__}: {exc}"
+        if not problems:
+            stages.append(StageReport(name, _ms(t), "ok"))
+            return dense, lexical
+        stages.append(StageReport(name, _ms(t), "fallback", "; ".join(f"{k}: {v}" for k, v in problems.items())))
+        ran = {"dense": hits.vector is not None, "lexical": bool(query)}
+        failed = {side for side in problems if ran[side]}
+        if failed >= {side for side, did in ran.items() if did}:
+            fallbacks.append("retrieval_failed")
+        elif "dense" in failed:
+            fallbacks.append("lexical_only")
+        else:
+            fallbacks.append("lexical_failed")
+        return dense, lexical
+
+    def _dense(self, hits: _Hits, filters: Filters | None) -> list:
+        return self.store.search(hits.vector, k=hits.depth, filters=filters, exclude=hits.exclude)[0]
 
     def _rerank(self, text: str, titles: list[str]) -> np.ndarray:
         """Cross-encoder scores of ``titles``, each distinct title scored once (catalogues list the
@@ -430,16 +515,27 @@ class SearchPipeline:
 
         if image is not None or not text:
             return query_vectors(self.encoder, text, image)
-        vector = self._vectors.get(text)
+        with self._vectors_lock:
+            vector = self._vectors.get(text)
+            if vector is not None:
+                self._vectors.move_to_end(text)
         cache["query_vector"] = "miss" if vector is None else "hit"
         if vector is None:
-            vector = query_vectors(self.encoder, text, None)
-            self._vectors[text] = vector
-            while len(self._vectors) > self.vector_cache_size:
-                self._vectors.popitem(last=False)
-        else:
-            self._vectors.move_to_end(text)
+            vector = query_vectors(self.encoder, text, None)  # outside the lock: encoding is slow
+            with self._vectors_lock:
+                self._vectors[text] = vector
+                while len(self._vectors) > self.vector_cache_size:
+                    self._vectors.popitem(last=False)
         return vector
+
+
+@dataclass(frozen=True)
+class _Hits:
+    """What every retrieval of one search shares: the query vector, the depth, the exclusions."""
+
+    vector: np.ndarray | None
+    depth: int
+    exclude: Any
 
 
 def _merge(filters: Filters | None, derived: Mapping[str, Any]) -> Filters | None:

@@ -8,6 +8,7 @@ old variant keeps serving and the failure is counted (``skulens_reloads{outcome=
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -75,7 +76,9 @@ class ServingState:
             old = self.variants.get(variant)
             self.variants[variant] = served
         if old is not None:
-            old.pipeline.close()
+            # Searches that took the old pipeline finish on it; it closes when the last one ends.
+            retire = getattr(old.pipeline, "retire", None) or old.pipeline.close
+            retire()
         self.metrics.reloads.labels(target=variant, outcome="ok").inc()
         return served.pipeline.versions
 
@@ -114,6 +117,12 @@ class ServingState:
         cascade = self.cascade
         return {"catalog": self.catalog, "variants": {n: v.pipeline.versions for n, v in self.variants.items()},
                 "traffic": self.traffic, "uptime_s": round(time.time() - self.started, 1),
+                "worker_pid": os.getpid(),
+                # Until the shared serving state lands (the canary issue), these live in each worker.
+                "per_worker": {"state": ["variants", "traffic", "llm.spent_today_usd", "llm.breakers", "llm.cache"],
+                               "note": "admin reloads, the traffic split, the LLM daily budget, breakers "
+                                       "and cache are held by this worker process only; with several "
+                                       "workers, each must be told and each spends its own budget"},
                 "llm": {"tiers": cascade.names, "ready": {t.name: t.ready() for t, _ in cascade.tiers},
                         "breakers": {n: b.state for n, b in cascade.breakers.items()},
                         "spent_today_usd": round(cascade.daily.spent, 6), "cache_entries": len(cascade.cache)}
@@ -124,8 +133,14 @@ class ServingState:
         return self.variants[self.variant_for(key)]
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
-        served = self.served(request.user_id or request.session_id)
-        result = served.pipeline.search(request)
+        # Take the variant and count the search on it in one step, so that a reload between the two
+        # cannot close the pipeline under a search that is about to start on it.
+        with self._lock:
+            served = self.served(request.user_id or request.session_id)
+            entered = hasattr(served.pipeline, "enter")
+            if entered:
+                served.pipeline.enter()
+        result = served.pipeline.search(request, entered=True) if entered else served.pipeline.search(request)
         self.metrics.observe_search(result)
         body = self.with_photos(result.to_dict(), served)
         for item in body["items"]:
