@@ -30,9 +30,9 @@ def main() -> None:
 
     from skulens.data.catalog import read_table
     from skulens.evaluation import evaluate
+    from skulens.evaluation.rerankers import grade_to_rel
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.settings import load_settings
-    from skulens.training.reranker import grade_to_rel
 
     settings = load_settings("local")
     products = read_table(settings, "homedepot", "products")

@@ -20,8 +20,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="output folder (default SKULENS_HOME/training/query_tower)")
     args = parser.parse_args()
 
-    from skulens.pipelines.train_and_export import pairs_dir
     from skulens.settings import load_settings
+    from skulens.storage.layout import pairs_dir
     from skulens.training.text_text import train_query_tower
 
     settings = load_settings()

@@ -17,8 +17,8 @@ def main() -> None:
     parser.add_argument("--run-id", default="manual")
     args = parser.parse_args()
 
-    from skulens.pipelines.train_and_export import pairs_dir
     from skulens.settings import load_settings
+    from skulens.storage.layout import pairs_dir
     from skulens.training.reranker import evaluate_reranker, load_reranker_config, train_reranker
 
     settings = load_settings()

@@ -24,8 +24,8 @@ def main() -> None:
     parser.add_argument("--pairs-dir", type=Path, help="pairs folder (default: the published pairs)")
     args = parser.parse_args()
 
-    from skulens.pipelines.train_and_export import pairs_dir
     from skulens.settings import load_settings
+    from skulens.storage.layout import pairs_dir
     from skulens.training.config import load_train_config
     from skulens.training.two_tower import evaluate_two_tower, train_two_tower
 

@@ -151,16 +151,21 @@ class MLflowSettings(_Model):
 
 
 class GateRule(_Model):
-    """A promotion rule on one logged metric (higher is better)."""
+    """A promotion rule on one logged metric (higher is better): at least ``min``, at most
+    ``max_drop`` below the current champion, and more than ``min_margin`` above each named baseline
+    that the same run measured on the same held-out data (``beats``: logged metric names)."""
 
     metric: str
     min: float = 0.0
     max_drop: float = Field(0.0, ge=0)
+    beats: list[str] = Field(default_factory=list)
+    min_margin: float = Field(0.0, ge=0)
 
 
 class ParitySettings(_Model):
-    min_cosine: float = Field(0.99, gt=0, le=1)
+    min_cosine: float = Field(0.99, gt=0, le=1)  # encoders: INT8 vs fp32 embeddings
     max_recall_drop: float = Field(0.005, ge=0)
+    min_rank_corr: float = Field(0.9, gt=0, le=1)  # reranker: Kendall tau of INT8 vs fp32 orders, per query
 
 
 class ModelsSettings(_Model):
@@ -168,6 +173,8 @@ class ModelsSettings(_Model):
     reranker: str = "skulens-reranker"
     gate: dict[Literal["embedder", "reranker"], list[GateRule]] = Field(default_factory=dict)
     parity: ParitySettings = Field(default_factory=ParitySettings)
+    # ONNX Runtime provider (skulens.models.onnx): auto = CUDA where available, else CPU.
+    onnx_device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class VectorIndexSettings(_Model):
@@ -203,6 +210,11 @@ class RetrievalSettings(_Model):
     lexical_boosts: dict[str, float] = Field(default_factory=lambda: {"title": 2.0, "attributes": 1.0,
                                                                       "category": 0.5})
     keep_versions: int = Field(3, ge=1)
+    # Which runner embeds the catalogue in build_index: local (this process) or spark (mapInPandas on
+    # spark.master; the same mapper, the same vectors).
+    embed_runner: Literal["local", "spark"] = "local"
+    # POST target of notify_serving (the service's /admin/reload); the admin key is read from the
+    # environment variable serving.admin_key_env names. A RELOAD marker is always written too.
     reload_url: str | None = None
 
 
@@ -259,6 +271,9 @@ class ServingSettings(_Model):
     admin_key_env: str = "SKULENS_ADMIN_KEY"
     # Experiment traffic split: variant name -> share (the champion variant is "control").
     traffic: dict[str, float] = Field(default_factory=lambda: {"control": 1.0})
+    # Seconds between looks at the catalogue's published index (CURRENT): a newly published or
+    # rolled-back version is loaded and swapped in by the service itself; 0 switches it off.
+    watch_index_s: float = Field(5.0, ge=0)
 
 
 class AirflowSettings(_Model):

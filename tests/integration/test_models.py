@@ -91,9 +91,9 @@ def test_offline_two_tower_from_packaged_weights(settings_at, shared_datasets, t
 
 def test_tiny_training_resumes_evaluates_and_exports(settings_at, home, tmp_path):
     from skulens.data.catalog import read_table
+    from skulens.data.pairs import load_split
     from skulens.export.parity import export_embedder
     from skulens.training.config import load_train_config
-    from skulens.training.data import load_split
     from skulens.training.two_tower import evaluate_two_tower, train_two_tower
 
     _, pairs = home
@@ -142,10 +142,10 @@ def test_tiny_training_resumes_evaluates_and_exports(settings_at, home, tmp_path
 def test_parity_gate_rejects_int8_that_drifts(settings_at, home, tmp_path):
     """With an impossible threshold the INT8 artefacts are refused with the measured reason."""
     from skulens.data.catalog import read_table
+    from skulens.data.pairs import load_split
     from skulens.export.parity import export_embedder
     from skulens.models.two_tower import TwoTower
     from skulens.settings import ParitySettings
-    from skulens.training.data import load_split
 
     _, pairs = home
     bundle = TwoTower.build("skulens-tiny", cache_dir=settings_at.home / "cache" / "models").save(tmp_path / "b")
@@ -190,7 +190,11 @@ def test_registry_promotes_first_and_refuses_a_worse_challenger(settings_at, tmp
 
     bundle = TwoTower.build("skulens-tiny", cache_dir=settings_at.home / "cache" / "models").save(tmp_path / "b")
     good = {"test_image_only_nDCG@10": 0.40, "test_degraded_title_fused_nDCG@10": 0.50,
-            "test_full_title_fused_nDCG@10": 0.60}
+            "test_full_title_fused_nDCG@10": 0.60,
+            # the baselines the same run measured (the gate's `beats` rules)
+            "baseline_untrained_image_only_nDCG@10": 0.05, "baseline_minilm_degraded_title_text_nDCG@10": 0.45,
+            "baseline_untrained_degraded_title_fused_nDCG@10": 0.30, "baseline_minilm_full_title_text_nDCG@10": 0.55,
+            "baseline_untrained_full_title_fused_nDCG@10": 0.40}
 
     def register(metrics: dict) -> int:
         return log_and_register(settings_at, kind="embedder", run_name="t", params={"model": "skulens-tiny"},
@@ -206,6 +210,11 @@ def test_registry_promotes_first_and_refuses_a_worse_challenger(settings_at, tmp
     assert "test_image_only_nDCG@10: 0.3000 is more than 0.0050 below champion 0.4000" in second.reasons
     assert alias_version(settings_at, "skulens-embedder", CHAMPION) == v1
     assert alias_version(settings_at, "skulens-embedder", "challenger") == v2
+    # Better than the champion everywhere, but not better than the text-only MiniLM baseline: refused.
+    v3 = register({**good, "test_full_title_fused_nDCG@10": 0.62, "baseline_minilm_full_title_text_nDCG@10": 0.63})
+    third = promote_if_better(settings_at, "embedder", v3)
+    assert not third.promoted and alias_version(settings_at, "skulens-embedder", CHAMPION) == v1
+    assert "does not beat baseline baseline_minilm_full_title_text_nDCG@10 0.6300" in " ".join(third.reasons)
 
     import mlflow.pyfunc
 

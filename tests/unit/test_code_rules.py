@@ -42,3 +42,51 @@ def test_importing_skulens_is_light():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+# Lowest first: a module may import its own layer and the ones before it, never a later one; imports
+# inside functions count too (a lazy import is still a dependency). Inference code (models: ONNX
+# sessions, reranker scorers, text features) sits below everything that runs models; serving
+# sits below training and the pipelines, so a service never pulls in training code.
+LAYERS = [
+    {"__init__", "compat", "vectors", "progress", "settings", "storage"},
+    {"data"},
+    {"models"},
+    {"retrieval"},
+    {"evaluation", "export", "tracking"},
+    {"serving"},
+    {"training"},
+    {"spark", "quality", "warehouse"},
+    {"pipelines"},
+    {"cli", "__main__"},
+]
+
+
+def _upward_imports() -> list[str]:
+    rank = {name: i for i, names in enumerate(LAYERS) for name in names}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        assert own in rank, f"{own} is in no layer of LAYERS"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "skulens" and len(parts) > 1 and parts[1] != own and \
+                        rank.get(parts[1], -1) > rank[own]:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {own} imports {name}")
+    return found
+
+
+def test_imports_follow_the_layer_order_inside_functions_too():
+    assert _upward_imports() == []
+
+
+def test_the_layer_check_sees_an_import_inside_a_function(tmp_path, monkeypatch):
+    """The check can fail: a lazy upward import in a retrieval module is found."""
+    fake = tmp_path / "skulens"
+    (fake / "retrieval").mkdir(parents=True)
+    (fake / "retrieval" / "x.py").write_text("def f():\n    from skulens.pipelines.build_index import embed\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert _upward_imports() == ["retrieval/x.py:2: retrieval imports skulens.pipelines.build_index"]

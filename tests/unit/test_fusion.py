@@ -7,8 +7,9 @@ import zlib
 import numpy as np
 import pytest
 
+from skulens.evaluation.ranking import learn_weight
 from skulens.retrieval.filters import FilterColumns, Filters
-from skulens.retrieval.fusion import collapse_near_duplicates, learn_weight, rrf, weighted
+from skulens.retrieval.fusion import collapse_near_duplicates, rrf, weighted
 from skulens.retrieval.retrievers import RETRIEVERS, RerankedRetriever, SearchQuery, make_retriever
 from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
 

@@ -32,6 +32,21 @@ def test_missing_metric_refuses():
     assert not ok and "not logged" in reasons[0]
 
 
+def test_a_reranker_that_loses_to_its_baselines_is_refused_even_without_a_champion():
+    """The wave-1 case: cross-encoder 0.944 against BM25 0.945 and the MiniLM bi-encoder 0.950."""
+    rule = [GateRule(metric="test_ce", min=0.0, beats=["baseline_bm25", "baseline_bi"])]
+    ok, reasons, checks = decide_promotion(rule, {"test_ce": 0.944, "baseline_bm25": 0.945, "baseline_bi": 0.950}, None)
+    assert not ok and len(reasons) == 2 and "does not beat baseline baseline_bm25 0.9450" in reasons[0]
+    assert checks[0]["baselines"] == {"baseline_bm25": 0.945, "baseline_bi": 0.950}
+    ok, _, _ = decide_promotion(rule, {"test_ce": 0.96, "baseline_bm25": 0.945, "baseline_bi": 0.950}, None)
+    assert ok
+    margin = [GateRule(metric="test_ce", beats=["baseline_bm25"], min_margin=0.02)]
+    ok, reasons, _ = decide_promotion(margin, {"test_ce": 0.96, "baseline_bm25": 0.945}, None)
+    assert not ok and "by more than 0.0200" in reasons[0]
+    ok, reasons, _ = decide_promotion(rule, {"test_ce": 0.99}, None)  # a baseline not measured fails the rule
+    assert not ok and "baseline baseline_bm25 was not measured" in reasons[0]
+
+
 def test_model_card_has_data_metrics_and_config_hash():
     card = model_card("m", data={"rows": 3}, metrics={"ndcg": 0.5}, config={"a": 1}, notes=("n",))
     assert "| ndcg | 0.5000 |" in card and "hash" in card and "- rows: 3" in card and "- n" in card

@@ -41,6 +41,7 @@ def client(parts, settings, monkeypatch, tmp_path):  # noqa: F811 - pytest fixtu
     photo = tmp_path / "p0.png"
     photo.write_bytes(_png())
     recovery = Scripted("model", '{"query": "black handbag"}')
+    published = {"version": "v1"}  # what the catalogue's CURRENT names
 
     def loader(settings, catalog, config, *, index_version=None, reranker_version=None, cascade=None):
         if index_version == "broken":
@@ -48,18 +49,20 @@ def client(parts, settings, monkeypatch, tmp_path):  # noqa: F811 - pytest fixtu
         pipeline = SearchPipeline(**parts, cascade=cascade, config=config,
                                   rules=BusinessRules(hidden=frozenset({"p15"})),
                                   categories={p: c[-1] for p, c in categories.items()},
-                                  versions={"index": index_version or "v1", "embedder": "e/1"})
+                                  versions={"index": index_version or published["version"], "embedder": "e/1"})
         return Served(pipeline, parts["store"], titles, categories, {"p0": str(photo)},
                       Vocabulary.from_products(categories.values(), []), photo_root=tmp_path)
 
     metrics = ServingMetrics.standalone()
     state = ServingState(settings, metrics, loader=loader)
+    state.published_index = lambda: published["version"]
     state.cascade = Cascade([(RuleTier(), TierPolicy()), (recovery, TierPolicy())],
                             on_step=metrics.observe_llm_step)
     state.variants["control"] = state._build("control", None, None)
     app = create_app(lambda: state)
     with TestClient(app) as test_client:
         test_client.state_obj = state
+        test_client.published = published
         yield test_client
 
 

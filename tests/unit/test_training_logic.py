@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from skulens.data.pairs import ProductSet, degrade_title
+from skulens.evaluation.embedder import attribute_queries
 from skulens.settings import ConfigError
 from skulens.training.config import TwoTowerTrainConfig, load_train_config
-from skulens.training.data import ProductSet, degrade_title
-from skulens.training.evaluate import attribute_queries
 from skulens.training.two_tower import lift_table
 
 

@@ -17,7 +17,7 @@ app = typer.Typer(help="Published search indexes: versions and rollback.", no_ar
 def versions(catalog: Annotated[str | None, typer.Argument(help="Catalogue (default: retrieval.catalog).")] = None
              ) -> None:
     """List the kept index versions of a catalogue; the current one is marked."""
-    from skulens.pipelines.build_index import index_store
+    from skulens.storage.layout import index_store
 
     settings = settings_from()
     catalog = catalog or settings.retrieval.catalog

@@ -68,7 +68,7 @@ def serve_command(
 def _a_photo(settings: Any) -> Path | None:
     import pyarrow.parquet as pq
 
-    from skulens.pipelines.build_index import index_store
+    from skulens.storage.layout import index_store
 
     current = index_store(settings, settings.retrieval.catalog).current()
     if current is None or not (current / "products.parquet").is_file():

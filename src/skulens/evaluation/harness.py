@@ -11,7 +11,7 @@ hybrid + cross-encoder rerank), on clean and **noisy** queries (a seeded typo or
   are never test queries), else by a seeded hash; the weighted fusion's weight is learned on the
   training queries. These are **real shopper queries with human grades**.
 * **fashion** (the champion two-tower embedder, test split): **attribute-derived** queries
-  (``"<gender> <colour> <article type>"``, see :mod:`skulens.training.evaluate`) text→image over an
+  (``"<gender> <colour> <article type>"``, see :mod:`skulens.evaluation.embedder`) text→image over an
   *image-only* index, BM25 over the titles and hybrid of the two; image→image (same article type
   and colour relevant). Not real queries: read them as a relative comparison only.
 
@@ -100,7 +100,7 @@ def query_splits(settings: Settings, queries: Sequence[str], test_fraction: floa
     try:
         import pyarrow.dataset as ds
 
-        from skulens.pipelines.train_and_export import pairs_dir
+        from skulens.storage.layout import pairs_dir
 
         source = pairs_dir(settings) / "query_product"
         if source.is_dir():
@@ -164,7 +164,7 @@ def reranker_scorer(settings: Settings, choice: str | None) -> tuple[Scorer | No
     """(scorer, description) of the configured cross-encoder, or (None, why not)."""
     if choice is None:
         return None, "no reranker configured"
-    from skulens.training.reranker import CrossEncoderReranker
+    from skulens.models.reranker import CrossEncoderReranker
 
     if choice == "champion":
         from skulens.tracking.registry import reranker_dir, version_artifacts
@@ -181,9 +181,9 @@ def reranker_scorer(settings: Settings, choice: str | None) -> tuple[Scorer | No
 def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table, cfg: EvalConfig,
                     rerank: Callable[[str, list[str]], np.ndarray] | None = None) -> dict[str, Any]:
     """Full-corpus and rerank-setting metrics of every retriever on a judged text catalogue."""
+    from skulens.evaluation.ranking import learn_weight
     from skulens.retrieval.encoders import make_encoder
     from skulens.retrieval.filters import FilterColumns
-    from skulens.retrieval.fusion import learn_weight
     from skulens.retrieval.lexical import BM25Index
     from skulens.retrieval.retrievers import (
         DenseRetriever,
@@ -318,16 +318,16 @@ def _rerank_setting(test: list[str], qrels: Qrels, titles: Mapping[str, str], le
 def evaluate_fashion(settings: Settings, cfg: EvalConfig, catalog: str = "fashion") -> dict[str, Any]:
     """Attribute-derived text→image and image→image on the test split with the champion embedder."""
     from skulens.data.catalog import read_table
+    from skulens.data.pairs import load_split
+    from skulens.evaluation.embedder import attribute_queries
+    from skulens.evaluation.ranking import learn_weight
     from skulens.models.two_tower import TwoTower
-    from skulens.pipelines.train_and_export import pairs_dir
     from skulens.retrieval.encoders import TwoTowerEncoder
-    from skulens.retrieval.fusion import learn_weight
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.retrieval.retrievers import DenseRetriever, HybridRetriever, LexicalRetriever, SearchQuery
     from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+    from skulens.storage.layout import pairs_dir
     from skulens.tracking.registry import embedder_files, version_artifacts
-    from skulens.training.data import load_split
-    from skulens.training.evaluate import attribute_queries
 
     started = time.perf_counter()
     champion = version_artifacts(settings, "embedder")

@@ -29,16 +29,13 @@ def evaluate(qrels: Qrels, run: Run, measures: Sequence[str]) -> dict[str, float
 
 
 def zero_useful_rate(qrels: Qrels, run: Run, k: int = 10, min_grade: int = 1) -> float:
-    """Share of judged queries with no document of grade >= ``min_grade`` in their top ``k``."""
-    judged = [q for q, docs in qrels.items() if any(g >= min_grade for g in docs.values())]
-    if not judged:
+    """Share of judged queries with no document of grade >= ``min_grade`` in their top ``k``: the
+    complement of ir-measures' ``Success(rel=min_grade)@k`` over the queries that have one."""
+    useful = {q: docs for q, docs in qrels.items() if any(g >= min_grade for g in docs.values())}
+    if not useful:
         return 0.0
-    misses = 0
-    for q in judged:
-        top = sorted(run.get(q, {}).items(), key=lambda kv: -kv[1])[:k]
-        if not any(qrels[q].get(doc, 0) >= min_grade for doc, _ in top):
-            misses += 1
-    return misses / len(judged)
+    measure = f"Success(rel={min_grade})@{k}"
+    return 1.0 - evaluate(useful, run, [measure])[measure]
 
 
 def dense_run(query_ids: Sequence[str], queries: np.ndarray, doc_ids: Sequence[str], docs: np.ndarray,

@@ -12,11 +12,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from skulens.models.onnx import run, session  # noqa: F401 - the sessions live with the models
 
 
 def export_module(module, example: tuple, path: Path, input_names: list[str], output_name: str,  # noqa: ANN001
@@ -175,18 +176,3 @@ def quantize_static_int8(source: Path, target: Path, input_name: str, calibratio
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     prepared.unlink(missing_ok=True)
     return target
-
-
-def session(path: Path, threads: int | None = None):  # noqa: ANN201 - onnxruntime.InferenceSession
-    """A CPU ONNX Runtime session (``threads``: intra-op threads, default the CPU count)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def run(sess, **inputs: np.ndarray) -> np.ndarray:  # noqa: ANN001
-    return sess.run(None, inputs)[0]

@@ -46,11 +46,22 @@ def _latency_ms(sess, feeds: dict[str, np.ndarray], repeats: int = 5) -> float: 
 
 
 def _recall_at_10(text: np.ndarray, image: np.ndarray) -> float:
-    """Title i → photo i among the photos (each query has exactly one relevant photo)."""
-    scores = text @ image.T
-    own = np.diag(scores)
-    rank = (scores > own[:, None]).sum(1)
-    return float((rank < 10).mean())
+    """Title i → photo i among the photos (each query has exactly one relevant photo), by ir-measures."""
+    from skulens.evaluation import dense_run, evaluate
+
+    ids = [str(i) for i in range(len(text))]
+    run = dense_run(ids, text, ids, image, k=10)
+    return evaluate({i: {i: 1} for i in ids}, run, ["R@10"])["R@10"]
+
+
+def _rank_correlation(groups: dict[str, list], a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """Mean Kendall tau between two scorers' orders of each query's candidates (what reranking
+    uses is the order, so the INT8 file must keep it)."""
+    from scipy.stats import kendalltau
+
+    taus = [kendalltau(a[q], b[q]).statistic for q in groups if len(groups[q]) > 1]
+    taus = [t for t in taus if np.isfinite(t)]
+    return float(np.mean(taus)) if taus else 1.0
 
 
 def _choose(name: str, fp32_out: np.ndarray, candidates: dict[str, Path], feeds: dict[str, np.ndarray],
@@ -153,10 +164,11 @@ def export_embedder(bundle: Path, out_dir: Path, *, texts: list[str], images: li
 
 def export_reranker_gated(model_dir: Path, out_dir: Path, *, groups: dict[str, list], parity: ParitySettings,
                           max_length: int = 64, threads: int | None = None) -> dict[str, Any]:
-    """Export the cross-encoder, quantize it (dynamic INT8), gate on scores and nDCG@10."""
+    """Export the cross-encoder, quantize it (dynamic INT8), gate on the rank correlation of its
+    scores with the fp32 file's (per query) and on nDCG@10."""
     from transformers import AutoTokenizer
 
-    from skulens.training.reranker import evaluate_rankers
+    from skulens.evaluation.rerankers import evaluate_rankers
 
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,19 +187,22 @@ def export_reranker_gated(model_dir: Path, out_dir: Path, *, groups: dict[str, l
         return score
 
     fp32_score, int8_score = scorer(fp32_path), scorer(int8_path)
-    a = np.concatenate([fp32_score(q, [t for _, t, _ in c]) for q, c in groups.items()])
-    b = np.concatenate([int8_score(q, [t for _, t, _ in c]) for q, c in groups.items()])
+    per_fp32 = {q: fp32_score(q, [t for _, t, _ in c]) for q, c in groups.items()}
+    per_int8 = {q: int8_score(q, [t for _, t, _ in c]) for q, c in groups.items()}
+    a, b = np.concatenate(list(per_fp32.values())), np.concatenate(list(per_int8.values()))
     cosine = float(_cosines(a[None, :], b[None, :])[0])
+    tau = _rank_correlation(groups, per_fp32, per_int8)
     metrics = evaluate_rankers(groups, {"fp32": fp32_score, "int8": int8_score})
     drop = metrics["fp32"]["nDCG@10"] - metrics["int8"]["nDCG@10"]
     reasons = []
-    if cosine < parity.min_cosine:
-        reasons.append(f"reranker: score cosine {cosine:.4f} < {parity.min_cosine}")
+    if tau < parity.min_rank_corr:
+        reasons.append(f"reranker: rank correlation (Kendall tau) {tau:.4f} < {parity.min_rank_corr}")
     if drop > parity.max_recall_drop:
         reasons.append(f"reranker: nDCG@10 drops {drop:.4f} > {parity.max_recall_drop}")
     decision = {
         "kind": "reranker", "model_dir": str(model_dir), "fp32": str(fp32_path), "int8": str(int8_path),
         "thresholds": parity.model_dump(), "score_cosine": cosine, "score_corr": float(np.corrcoef(a, b)[0, 1]),
+        "rank_corr_kendall": tau,
         "nDCG@10": {"fp32": metrics["fp32"]["nDCG@10"], "int8": metrics["int8"]["nDCG@10"]},
         "queries": len(groups), "int8_served": not reasons, "served": str(int8_path if not reasons else fp32_path),
         "reasons": reasons, "seconds": round(time.perf_counter() - started, 1),

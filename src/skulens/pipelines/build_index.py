@@ -21,15 +21,12 @@ from typing import Any
 
 from skulens.pipelines.runlog import finish, raise_if_failed, run_stages, stage, stage_result
 from skulens.settings import Settings
-from skulens.storage import VersionedDir
+from skulens.storage.layout import index_store, reload_marker
 
 PIPELINE = "build_index"
 STAGES = ["embed", "build_vector", "build_lexical", "publish", "notify_serving"]
 
 
-def index_store(settings: Settings, catalog: str) -> VersionedDir:
-    """The versioned folder of a catalogue's indexes."""
-    return VersionedDir(settings.home / "indexes" / catalog)
 
 
 def _staging(settings: Settings, catalog: str, run_id: str) -> Path:
@@ -43,23 +40,49 @@ def _previous(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
 
 
 def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[str, Any]:
-    """Embed the catalogue with the champion embedder (served ONNX image tower when exported)."""
+    """Snapshot the catalogue into the version first (every later stage builds from that snapshot,
+    so a catalogue published mid-run cannot mix versions), then embed the snapshot with the champion
+    embedder (served ONNX image tower when exported), by the runner ``retrieval.embed_runner`` names."""
+    import pyarrow.parquet as pq
+
     from skulens.data.catalog import read_table
-    from skulens.models.two_tower import TwoTower
-    from skulens.retrieval.embed import EmbeddingMapper, embed_catalog
     from skulens.tracking.registry import embedder_files, version_artifacts
 
     catalog = catalog or settings.retrieval.catalog
     with stage(settings, PIPELINE, run_id, "embed") as out:
+        folder = _staging(settings, catalog, run_id)
+        products = read_table(settings, catalog, "products")
+        pq.write_table(products, folder / "products.parquet")
         champion = version_artifacts(settings, "embedder")
         bundle, image_onnx = embedder_files(champion)
-        tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
         model_version = f"{champion['name']}/{champion['version']}"
-        summary = embed_catalog(read_table(settings, catalog, "products"), EmbeddingMapper(tower, image_onnx),
-                                _staging(settings, catalog, run_id) / "embeddings.parquet",
-                                model_version=model_version, shard_level=settings.retrieval.shard_level)
-        out.update(summary, catalog=catalog, run_id=champion["run_id"])
+        runner = settings.retrieval.embed_runner
+        if runner == "spark":
+            from skulens.spark.embed_catalog import embed_with_spark
+            from skulens.spark.session import spark_session
+
+            summary = embed_with_spark(spark_session(settings, app_name=f"skulens-embed-{catalog}"),
+                                       folder / "products.parquet", bundle, folder / "embeddings.parquet",
+                                       model_version=model_version, image_onnx=image_onnx,
+                                       shard_level=settings.retrieval.shard_level)
+        else:
+            from skulens.models.two_tower import TwoTower
+            from skulens.retrieval.embed import EmbeddingMapper, embed_catalog
+
+            tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
+            summary = embed_catalog(products, EmbeddingMapper(tower, image_onnx), folder / "embeddings.parquet",
+                                    model_version=model_version, shard_level=settings.retrieval.shard_level)
+        out.update(summary, catalog=catalog, run_id=champion["run_id"], runner=runner,
+                   snapshot=str(folder / "products.parquet"))
         return out
+
+
+def _snapshot(settings: Settings, run_id: str) -> Any:
+    """The products table this build indexes (written by ``embed``)."""
+    import pyarrow.parquet as pq
+
+    embedded = _previous(settings, run_id, "embed")
+    return pq.read_table(_staging(settings, embedded["catalog"], run_id) / "products.parquet")
 
 
 def milvus_collection(catalog: str, run_id: str) -> str:
@@ -72,7 +95,6 @@ def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
     ``retrieval.store``); raises RecallGateError below the configured recall."""
     from dataclasses import asdict
 
-    from skulens.data.catalog import read_table
     from skulens.retrieval.embed import read_embeddings
     from skulens.retrieval.filters import FilterColumns
     from skulens.retrieval.stores import build_vector_store
@@ -83,7 +105,7 @@ def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
         folder = _staging(settings, embedded["catalog"], run_id)
         ids, vectors, keys = read_embeddings(folder / "embeddings.parquet")
         config = VectorIndexConfig(**settings.retrieval.vector.model_dump())
-        columns = FilterColumns.from_products(read_table(settings, embedded["catalog"], "products"), order=ids)
+        columns = FilterColumns.from_products(_snapshot(settings, run_id), order=ids)
         kind = settings.retrieval.store
         options = {}
         if kind == "milvus":
@@ -121,17 +143,14 @@ def _point_milvus_alias(settings: Settings, catalog: str, version_dir: Path) -> 
 
 
 def build_lexical(settings: Settings, run_id: str) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    from skulens.data.catalog import read_table
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
 
     with stage(settings, PIPELINE, run_id, "build_lexical") as out:
         catalog = _previous(settings, run_id, "embed")["catalog"]
-        products = read_table(settings, catalog, "products")
+        # The products this version indexes (the embed stage's snapshot; compaction folds live
+        # updates into it).
+        products = _snapshot(settings, run_id)
         folder = _staging(settings, catalog, run_id)
-        # The products this version indexes: compaction folds live updates into this snapshot.
-        pq.write_table(products, folder / "products.parquet")
         index = BM25Index.build(products, LexicalConfig(boosts=dict(settings.retrieval.lexical_boosts)),
                                 folder=folder / "lexical")
         out.update(documents=index.documents, engine=index.manifest["engine"], build_s=index.manifest["build_s"],
@@ -161,26 +180,40 @@ def publish(settings: Settings, run_id: str) -> dict[str, Any]:
 
 
 def notify_serving(settings: Settings, run_id: str) -> dict[str, Any]:
-    """Tell serving to reload: a ``RELOAD`` file beside ``CURRENT``, and a POST when configured."""
+    """Tell serving to reload: a ``RELOAD`` file beside ``CURRENT`` (a running service watches it
+    and reloads by itself) and, when ``retrieval.reload_url`` is set, a POST to the service's
+    ``/admin/reload`` with the admin key from ``$<serving.admin_key_env>``."""
     with stage(settings, PIPELINE, run_id, "notify_serving") as out:
         published = _previous(settings, run_id, "publish")
-        marker = settings.home / "indexes" / published["catalog"] / "RELOAD"
+        marker = reload_marker(settings, published["catalog"])
         payload = {"version": published["version"], "at": datetime.now(UTC).isoformat(timespec="seconds")}
         tmp = marker.with_name(f".RELOAD.{uuid.uuid4().hex}")
         tmp.write_text(json.dumps(payload), encoding="utf-8")
         os.replace(tmp, marker)
         out.update(marker=str(marker), posted=None)
         if settings.retrieval.reload_url:
-            import urllib.request
-
-            request = urllib.request.Request(settings.retrieval.reload_url, data=json.dumps(payload).encode(),
-                                             headers={"Content-Type": "application/json"}, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - configured URL
-                    out["posted"] = response.status
-            except OSError as exc:  # serving down: it picks the RELOAD file up when it starts
-                out["posted"] = f"failed: {exc}"
+            out["posted"] = _post_reload(settings, published["version"])
         return out
+
+
+def _post_reload(settings: Settings, version: str) -> int | str:
+    """POST ``/admin/reload`` for the control variant at ``version``; the status, or why it failed."""
+    import urllib.error
+    import urllib.request
+
+    key = os.environ.get(settings.serving.admin_key_env, "")
+    if not key:
+        return f"skipped: ${settings.serving.admin_key_env} is not set (the service's admin key)"
+    body = json.dumps({"variant": "control", "index_version": version}).encode()
+    request = urllib.request.Request(settings.retrieval.reload_url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "X-API-Key": key})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - configured URL
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return f"failed: HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"
+    except OSError as exc:  # serving down: it picks the RELOAD file up when it starts or next polls
+        return f"failed: {exc}"
 
 
 def rollback(settings: Settings, catalog: str, version: str | None = None) -> str:

@@ -74,9 +74,9 @@ def build_pairs(settings: Settings, run_id: str) -> dict[str, Any]:
     """Spark ``build_pairs`` from the current prepared catalogue, judgments and events."""
     from skulens.data.catalog import catalog_dir
     from skulens.spark.build_pairs import run_build_pairs
-    from skulens.spark.prepare_catalog import prepared_store
     from skulens.spark.session import spark_session
     from skulens.storage import VersionedDir
+    from skulens.storage.layout import prepared_store
 
     with stage(settings, PIPELINE, run_id, "build_pairs") as out:
         prepared = prepared_store(settings, CATALOG).current()
@@ -94,7 +94,7 @@ def gate_pairs(settings: Settings, run_id: str) -> dict[str, Any]:
     from skulens.data.catalog import catalog_dir
     from skulens.quality.datasets import gate_pairs as check
     from skulens.spark.build_pairs import pairs_store, publish
-    from skulens.spark.prepare_catalog import prepared_store
+    from skulens.storage.layout import prepared_store
 
     with stage(settings, PIPELINE, run_id, "gate_pairs") as out:
         results = check(settings, pairs_store(settings).staging_path(run_id),
@@ -108,9 +108,8 @@ def gate_pairs(settings: Settings, run_id: str) -> dict[str, Any]:
 def dbt_build(settings: Settings, run_id: str) -> dict[str, Any]:
     """``dbt build`` of the marts over the current published outputs."""
     from skulens.data.catalog import catalog_dir
-    from skulens.spark.build_pairs import pairs_store
-    from skulens.spark.prepare_catalog import prepared_store
     from skulens.storage import VersionedDir
+    from skulens.storage.layout import pairs_store, prepared_store
     from skulens.warehouse.dbt import DbtInputs, run_dbt
 
     with stage(settings, PIPELINE, run_id, "dbt_build") as out:

@@ -17,6 +17,7 @@ from typing import Any
 
 from skulens.pipelines.runlog import finish, raise_if_failed, stage, stage_result
 from skulens.settings import Settings
+from skulens.storage.layout import pairs_dir
 
 PIPELINE = "train_and_export"
 EMBEDDER_STAGES = ["train_embedder", "evaluate_embedder", "register_embedder", "export_embedder", "gate_embedder"]
@@ -41,13 +42,6 @@ def _previous(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
     return stage_result(settings, PIPELINE, run_id, name)
 
 
-def pairs_dir(settings: Settings) -> Path:
-    from skulens.spark.build_pairs import pairs_store
-
-    current = pairs_store(settings).current()
-    if current is None:
-        raise FileNotFoundError("no published training pairs; run the catalog_ingest pipeline first")
-    return current
 
 
 def _two_tower_config(settings: Settings, params: TrainParams):  # noqa: ANN202
@@ -120,9 +114,9 @@ def register_embedder(settings: Settings, run_id: str, params: TrainParams) -> d
 
 def export_embedder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
     from skulens.data.catalog import read_table
+    from skulens.data.pairs import load_split
     from skulens.export.parity import export_embedder as export
     from skulens.tracking.registry import attach_export
-    from skulens.training.data import load_split
 
     with stage(settings, PIPELINE, run_id, "export_embedder") as out:
         trained = _previous(settings, run_id, "train_embedder")

@@ -41,7 +41,7 @@ class EmbeddingMapper:
         self._title_cache: dict[str, np.ndarray] = {}  # catalogues repeat titles (fashion: 30% repeats)
         self.image_session = None
         if image_onnx is not None and Path(image_onnx).is_file():
-            from skulens.export.onnx_export import session
+            from skulens.models.onnx import session
 
             self.image_session = session(Path(image_onnx))
 
@@ -50,7 +50,7 @@ class EmbeddingMapper:
         features (batched by length, padded to the batch's longest title) and the head."""
         import torch
 
-        from skulens.training.features import text_trunk_features
+        from skulens.models.features import text_trunk_features
 
         missing = sorted({t for t in titles if t not in self._title_cache})
         if missing and not self.tower.spec.separable_towers:

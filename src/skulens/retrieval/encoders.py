@@ -90,7 +90,7 @@ class TwoTowerEncoder:
         # ONNX Runtime instead of PyTorch.
         self.text_session = None
         if text_onnx is not None and Path(text_onnx).is_file():
-            from skulens.export.onnx_export import session
+            from skulens.models.onnx import session
 
             self.text_session = session(Path(text_onnx))
         # Files exported with a dynamic sequence axis take token ids padded to the longest text

@@ -4,15 +4,15 @@
   calibration, so it is the safe default when the weights have not been learned.
 * :func:`weighted` — convex combination of per-list min-max normalised scores,
   ``w * dense + (1 - w) * lexical``; a document missing from a list scores 0 there. The weight is
-  learned on training queries with :func:`learn_weight` (Home Depot training split by default;
-  reported by ``skulens eval``).
+  learned on training queries (``skulens.evaluation.ranking.learn_weight``) and stored with the
+  index version (:mod:`skulens.retrieval.ranking`).
 * :func:`collapse_near_duplicates` — keeps the best of results whose vectors are nearly identical
   (same product listed twice, colour variants with the same photo).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -46,24 +46,6 @@ def weighted(dense: Hits, lexical: Hits, weight: float) -> Hits:
     d, lx = _minmax(dense), _minmax(lexical)
     scores = {pid: weight * d.get(pid, 0.0) + (1 - weight) * lx.get(pid, 0.0) for pid in d.keys() | lx.keys()}
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-
-
-def learn_weight(dense: Mapping[str, Hits], lexical: Mapping[str, Hits], qrels: Mapping[str, Mapping[str, int]],
-                 grid: Sequence[float] = tuple(np.round(np.linspace(0, 1, 21), 2)), measure: str = "nDCG@10"
-                 ) -> tuple[float, dict[float, float]]:
-    """The weight of :func:`weighted` that maximises ``measure`` over the queries of ``qrels``
-    (ties: the weight nearest 0.5); returns it with the score of every weight tried."""
-    from skulens.evaluation import evaluate
-
-    queries = [q for q in qrels if q in dense or q in lexical]
-    if not queries:
-        raise ValueError("no training query has candidates to learn the fusion weight from")
-    tried = {}
-    for w in grid:
-        run = {q: dict(weighted(dense.get(q, []), lexical.get(q, []), float(w))) for q in queries}
-        tried[float(w)] = evaluate({q: dict(qrels[q]) for q in queries}, run, [measure])[measure]
-    best = max(tried, key=lambda w: (round(tried[w], 6), -abs(w - 0.5)))
-    return best, tried
 
 
 def collapse_near_duplicates(hits: Hits, vectors: Callable[[Sequence[str]], np.ndarray],

@@ -274,11 +274,11 @@ class _LexicalView:
 
 def compact(settings: Any, catalog: str, run_id: str | None = None) -> dict[str, Any]:
     """Fold the update log into a new published version (recall gate, atomic swap); return its summary."""
-    from skulens.pipelines.build_index import index_store
     from skulens.retrieval.embed import read_embeddings
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
     from skulens.storage import new_version_id
+    from skulens.storage.layout import index_store
 
     started = time.perf_counter()
     store = index_store(settings, catalog)

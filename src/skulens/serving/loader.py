@@ -60,13 +60,13 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     """The pipeline over ``index_version`` (default: the published one) of ``catalog``."""
     from skulens.data.products import photo_root
     from skulens.models.two_tower import TwoTower
-    from skulens.pipelines.build_index import index_store
     from skulens.retrieval.encoders import TwoTowerEncoder
     from skulens.retrieval.live import LiveIndex
     from skulens.serving.llm.understanding import Vocabulary
     from skulens.serving.pipeline import SearchPipeline
     from skulens.serving.rules import BusinessRules
     from skulens.serving.spelling import SpellCorrector
+    from skulens.storage.layout import index_store
     from skulens.tracking.registry import (
         embedder_files,
         embedder_onnx,
@@ -98,7 +98,7 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
                 "query_encoder": f"onnx {text_onnx.stem}" if text_onnx else "torch"}
     reranker = None
     try:
-        from skulens.training.reranker import CrossEncoderReranker, OnnxReranker
+        from skulens.models.reranker import CrossEncoderReranker, OnnxReranker
 
         champion = version_artifacts(settings, "reranker", version=reranker_version)
         onnx = reranker_onnx(champion)
@@ -109,7 +109,9 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
             reranker = CrossEncoderReranker(reranker_dir(champion)).score
             versions["reranker"] = f"{champion['name']}/{champion['version']}"
     except LookupError:
-        versions["reranker"] = "none"
+        # No reranker version passed its promotion gate (it must beat BM25 and the bi-encoder on
+        # held-out judgments): none is served, and every response says so.
+        versions["reranker"] = "none: no reranker version passed its gate against the baselines"
     kwargs = {"config": config} if config is not None else {}
     encoder = TwoTowerEncoder(tower=tower, image_onnx=image_onnx, text_onnx=text_onnx)
     pipeline = SearchPipeline(

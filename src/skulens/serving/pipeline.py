@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from skulens.retrieval.filters import FilterError, Filters
-from skulens.retrieval.fusion import collapse_near_duplicates, weighted
+from skulens.retrieval.fusion import collapse_near_duplicates
+from skulens.retrieval.ranking import RankingPolicy
 
 DEFAULT_TIMEOUTS = {"normalise": 15.0, "rewrite": 40.0, "encode": 40.0, "retrieve": 40.0, "rerank": 60.0}
 
@@ -46,8 +47,6 @@ class ServingConfig:
     total_budget_ms: float = 150.0
     stage_timeout_ms: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     depth: int = 100
-    rerank_top_k: int = 20
-    fusion_weight: float = 0.25  # dense share of the weighted fusion (learned by skulens eval)
     max_query_chars: int = 512
     max_k: int = 100
     max_page: int = 50
@@ -64,7 +63,7 @@ class ServingConfig:
     def from_settings(cls, serving: Any, **overrides: Any) -> ServingConfig:
         """From the ``serving`` section of the settings."""
         return cls(total_budget_ms=serving.total_budget_ms, stage_timeout_ms=dict(serving.stage_timeout_ms),
-                   recovery_budget_ms=serving.recovery_budget_ms, rerank_top_k=serving.rerank_top_k,
+                   recovery_budget_ms=serving.recovery_budget_ms,
                    collapse_threshold=serving.collapse_threshold, shed_rerank_above=serving.shed_rerank_above,
                    **overrides)
 
@@ -182,11 +181,13 @@ class SearchPipeline:
     def __init__(self, *, lexical: Any, store: Any, encoder: Any, titles: Mapping[str, str],
                  reranker: Callable[[str, list[str]], np.ndarray] | None = None, spell: Any = None,
                  cascade: Any = None, rules: Any = None, categories: Mapping[str, str] | None = None,
-                 config: ServingConfig | None = None, versions: Mapping[str, str] | None = None) -> None:
+                 config: ServingConfig | None = None, versions: Mapping[str, str] | None = None,
+                 ranking: RankingPolicy | None = None) -> None:
         self.lexical, self.store, self.encoder, self.titles = lexical, store, encoder, titles
         self.reranker, self.spell, self.cascade, self.rules = reranker, spell, cascade, rules
         self.categories = categories or {}
         self.config = config or ServingConfig()
+        self.ranking = ranking or RankingPolicy()
         self.versions = dict(versions or {})
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="skulens-stage")
         # Text query vectors, most recent first: popular queries repeat, and encoding is the
@@ -357,10 +358,9 @@ class SearchPipeline:
             recovered = self._recover(text, request, filters, retrieve, stage, llm, rewrites, fallbacks)
             if recovered is not None:
                 text, (dense, lexical) = recovered
-        if vector is None or not text:
-            fused = dense or lexical
-        else:
-            fused = weighted(dense, lexical, self.config.fusion_weight)
+        # Fusion and rerank follow the index version's learned ranking policy: the same code that
+        # `skulens eval` and build_index's learning score (skulens.retrieval.ranking).
+        fused = self.ranking.fuse(dense, lexical) if vector is not None and text else (dense or lexical)
         scores: dict[str, dict[str, float]] = {}
         for label, hits in (("dense", dense), ("bm25", lexical), ("fused", fused)):
             for pid, score in hits:
@@ -371,16 +371,16 @@ class SearchPipeline:
             stages.append(StageReport("rerank", 0.0, "fallback", f"{inflight} searches in flight"))
             fallbacks.append("rerank_shed")
         elif self.reranker is not None and text and order and request.rerank:
-            head = order[:self.config.rerank_top_k]
-            reranked = stage("rerank", lambda: self._rerank(text, [self.titles.get(p, "") for p in head]),
+            head = fused[:self.ranking.rerank_depth]
+            reranked = stage("rerank", lambda: self._rerank(text, [self.titles.get(p, "") for p, _ in head]),
                              "retrieval_order", None)
             if reranked is not None:
-                for pid, score in zip(head, reranked, strict=True):
+                for (pid, _), score in zip(head, reranked, strict=True):
                     scores[pid]["rerank"] = round(float(score), 5)
-                head = [head[i] for i in np.argsort(-np.asarray(reranked), kind="stable")]
-                order = head + order[len(head):]
+                order = [pid for pid, _ in self.ranking.rerank(head, reranked)] + order[len(head):]
         else:
-            why = "no reranker" if self.reranker is None else "not requested" if not request.rerank else "no text"
+            why = (f"no reranker ({self.versions.get('reranker', 'none')})" if self.reranker is None
+                   else "not requested" if not request.rerank else "no text")
             stages.append(StageReport("rerank", 0.0, "skipped", why))
         t = time.perf_counter()
         if self.config.collapse_threshold is not None and hasattr(self.store, "vectors") and order:

@@ -33,6 +33,11 @@ class ServingState:
         self.config = ServingConfig.from_settings(settings.serving)
         self.started = time.time()
         self._lock = threading.Lock()
+        # An admin reload of control to a named index version pins it there; the index watcher
+        # then leaves it alone until a reload without a version (or a restart).
+        self.pinned_index: str | None = None
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
 
     @classmethod
     def load(cls, settings: Any, metrics: Any, *, catalog: str | None = None, with_cascade: bool = True
@@ -48,7 +53,45 @@ class ServingState:
         state.variants["control"] = served
         state.set_traffic({name: share for name, share in settings.serving.traffic.items() if name in state.variants}
                           or {"control": 1.0})
+        if settings.serving.watch_index_s > 0:
+            state.watch_index(settings.serving.watch_index_s)
         return state
+
+    # -- following the published index ---------------------------------------------------------
+    def published_index(self) -> str | None:
+        """The catalogue's published index version (its ``CURRENT``)."""
+        from skulens.storage.layout import index_store
+
+        return index_store(self.settings, self.catalog).current_id()
+
+    def follow_published(self) -> str | None:
+        """Reload control when the published index is not the one it serves (a build published a new
+        version, or a rollback an old one); the version loaded, or None when nothing changed."""
+        control = self.variants.get("control")
+        current = self.published_index()
+        if control is None or current is None or self.pinned_index is not None:
+            return None
+        if control.pipeline.versions.get("index") == current:
+            return None
+        try:
+            self.reload("control")
+        except ReloadError:
+            return None  # counted by reload; the old version keeps serving and the next look retries
+        return current
+
+    def watch_index(self, every_s: float) -> None:
+        """Follow the published index from a background thread, every ``every_s`` seconds."""
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                try:
+                    self.follow_published()
+                except Exception:  # noqa: BLE001, S110 - a failed look must not end the watcher
+                    pass
+        self._watcher = threading.Thread(target=loop, name="skulens-index-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def _build(self, variant: str, index_version: str | None, reranker_version: int | None) -> Served:
         config = ServingConfig(**{**self.config.__dict__, "variant": variant})
@@ -75,6 +118,8 @@ class ServingState:
         with self._lock:
             old = self.variants.get(variant)
             self.variants[variant] = served
+            if variant == "control":
+                self.pinned_index = index_version
         if old is not None:
             # Searches that took the old pipeline finish on it; it closes when the last one ends.
             retire = getattr(old.pipeline, "retire", None) or old.pipeline.close
@@ -117,7 +162,8 @@ class ServingState:
         cascade = self.cascade
         return {"catalog": self.catalog, "variants": {n: v.pipeline.versions for n, v in self.variants.items()},
                 "traffic": self.traffic, "uptime_s": round(time.time() - self.started, 1),
-                "worker_pid": os.getpid(),
+                "worker_pid": os.getpid(), "published_index": self._published_or_none(),
+                "pinned_index": self.pinned_index, "watching_index": self._watcher is not None,
                 # Until the shared serving state lands (the canary issue), these live in each worker.
                 "per_worker": {"state": ["variants", "traffic", "llm.spent_today_usd", "llm.breakers", "llm.cache"],
                                "note": "admin reloads, the traffic split, the LLM daily budget, breakers "
@@ -127,6 +173,12 @@ class ServingState:
                         "breakers": {n: b.state for n, b in cascade.breakers.items()},
                         "spent_today_usd": round(cascade.daily.spent, 6), "cache_entries": len(cascade.cache)}
                 if cascade else None}
+
+    def _published_or_none(self) -> str | None:
+        try:
+            return self.published_index()
+        except OSError:
+            return None
 
     # -- requests ------------------------------------------------------------------------------
     def served(self, key: str | None) -> Served:

@@ -34,7 +34,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from skulens.settings import Settings
-from skulens.storage import VersionedDir
+from skulens.storage.layout import pairs_store  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,6 @@ class PairOptions:
             raise ValueError("val_fraction + test_fraction must be in [0, 1)")
 
 
-def pairs_store(settings: Settings) -> VersionedDir:
-    """The versioned folder of the training pairs."""
-    return VersionedDir(settings.home / "pairs")
 
 
 def assign_split(key: F.Column, options: PairOptions) -> F.Column:

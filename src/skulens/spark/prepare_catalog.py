@@ -34,7 +34,7 @@ from skulens.settings import Settings
 from skulens.spark.graph import connected_components
 from skulens.spark.lsh import title_similarity_join
 from skulens.spark.photos import PHOTO_SCHEMA, photo_checker
-from skulens.storage import VersionedDir
+from skulens.storage.layout import prepared_store  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,6 @@ class PrepareOptions:
     seed: int = 17
 
 
-def prepared_store(settings: Settings, catalog: str) -> VersionedDir:
-    """The versioned folder of a catalogue's prepared outputs."""
-    return VersionedDir(settings.home / "prepared" / catalog)
 
 
 def normalise_text(column: str) -> F.Column:

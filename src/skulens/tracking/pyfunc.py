@@ -26,7 +26,7 @@ class RerankerModel(mlflow.pyfunc.PythonModel):
     """Input: a DataFrame with ``query`` and ``title`` columns; output: one relevance logit per row."""
 
     def load_context(self, context) -> None:  # noqa: ANN001
-        from skulens.training.reranker import CrossEncoderReranker
+        from skulens.models.reranker import CrossEncoderReranker
 
         self.reranker = CrossEncoderReranker(context.artifacts["model"])
 

@@ -160,23 +160,36 @@ class GateDecision:
 
 def decide_promotion(rules: list[GateRule], challenger: dict[str, float], champion: dict[str, float] | None
                      ) -> tuple[bool, list[str], list[dict[str, Any]]]:
-    """Pure gate logic: every rule must pass (floor, and at most ``max_drop`` below the champion)."""
+    """Pure gate logic: every rule must pass (floor, at most ``max_drop`` below the champion, and
+    more than ``min_margin`` above every baseline the rule names, as the challenger's run measured
+    them on the same held-out data). A baseline the run did not log fails the rule: a gate without
+    its baseline is not a gate."""
     reasons, checks = [], []
+
+    def logged(metrics: dict[str, float] | None, name: str) -> float | None:
+        return None if metrics is None else metrics.get(safe_metric_name(name), metrics.get(name))
+
     for rule in rules:
-        key = safe_metric_name(rule.metric)
-        value = challenger.get(key, challenger.get(rule.metric))
-        base = None if champion is None else champion.get(key, champion.get(rule.metric))
+        value, base = logged(challenger, rule.metric), logged(champion, rule.metric)
+        baselines = {name: logged(challenger, name) for name in rule.beats}
         check = {"metric": rule.metric, "challenger": value, "champion": base, "min": rule.min,
-                 "max_drop": rule.max_drop, "passed": True}
+                 "max_drop": rule.max_drop, "baselines": baselines, "min_margin": rule.min_margin, "passed": True}
+        failed = []
         if value is None:
-            check["passed"] = False
-            reasons.append(f"{rule.metric}: not logged by the challenger")
-        elif value < rule.min:
-            check["passed"] = False
-            reasons.append(f"{rule.metric}: {value:.4f} is below the floor {rule.min:.4f}")
-        elif base is not None and value < base - rule.max_drop:
-            check["passed"] = False
-            reasons.append(f"{rule.metric}: {value:.4f} is more than {rule.max_drop:.4f} below champion {base:.4f}")
+            failed.append(f"{rule.metric}: not logged by the challenger")
+        else:
+            if value < rule.min:
+                failed.append(f"{rule.metric}: {value:.4f} is below the floor {rule.min:.4f}")
+            if base is not None and value < base - rule.max_drop:
+                failed.append(f"{rule.metric}: {value:.4f} is more than {rule.max_drop:.4f} below champion {base:.4f}")
+            for name, score in baselines.items():
+                if score is None:
+                    failed.append(f"{rule.metric}: baseline {name} was not measured")
+                elif value <= score + rule.min_margin:
+                    failed.append(f"{rule.metric}: {value:.4f} does not beat baseline {name} {score:.4f}"
+                                  + (f" by more than {rule.min_margin:.4f}" if rule.min_margin else ""))
+        check["passed"] = not failed
+        reasons += failed
         checks.append(check)
     return not reasons, reasons, checks
 

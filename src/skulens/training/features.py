@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from skulens.data.pairs import ProductSet
+from skulens.models.features import progress_bar as _tqdm
+from skulens.models.features import text_trunk_features
 from skulens.models.two_tower import TwoTower
-from skulens.training.data import ProductSet
 
 TEXT_VIEWS = ("titles", "degraded_titles", "attribute_texts")
 
@@ -35,12 +37,6 @@ class TrunkFeatures:
     attribute_texts: np.ndarray
 
 
-def _tqdm(total: int, desc: str, enabled: bool = True):  # noqa: ANN202
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="item", disable=not enabled or os.environ.get("SKULENS_PROGRESS") == "0")
-
-
 def _onnx_trunk(model: TwoTower, cache_dir: Path, example):  # noqa: ANN001, ANN202
     """The frozen image trunk as an ONNX Runtime fp32 session (exported once, keyed by its weights).
 
@@ -49,7 +45,8 @@ def _onnx_trunk(model: TwoTower, cache_dir: Path, example):  # noqa: ANN001, ANN
     import torch
     from torch import nn
 
-    from skulens.export.onnx_export import export_module, session
+    from skulens.export.onnx_export import export_module
+    from skulens.models.onnx import session
 
     h = hashlib.sha256()
     for key, tensor in sorted(model.model.visual.trunk.state_dict().items()):
@@ -99,26 +96,6 @@ def image_trunk_features(model: TwoTower, images: Sequence[str | bytes], batch_s
                 out.append(model.image_trunk(batch.to(model.device)).float().cpu().numpy())
             bar.update(len(batch))
     return np.concatenate(out).astype(np.float32)
-
-
-def text_trunk_features(model: TwoTower, texts: Sequence[str], batch_size: int = 256, desc: str = "text",
-                        progress: bool = True) -> np.ndarray:
-    """Mean-pooled features; texts are batched by length and padded to the longest of their batch
-    (the masked mean ignores padding, and titles are far shorter than the context length)."""
-    import torch
-
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.zeros((len(texts), 0), np.float32)
-    model.model.text.transformer.eval()
-    with torch.inference_mode(), _tqdm(len(texts), f"text trunk features ({desc})", progress) as bar:
-        for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
-            feats = model.text_trunk(model.tokenize_padded([texts[i] for i in rows])).float().cpu().numpy()
-            if out.shape[1] == 0:
-                out = np.zeros((len(texts), feats.shape[1]), np.float32)
-            out[rows] = feats
-            bar.update(len(rows))
-    return out
 
 
 def _digest(model: TwoTower, *parts: object) -> str:

@@ -22,6 +22,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from skulens.data.catalog import read_table
+from skulens.evaluation.rerankers import evaluate_rankers
+from skulens.models.reranker import CrossEncoderReranker
 from skulens.settings import Settings
 
 
@@ -68,62 +70,6 @@ def judged_pairs(pairs_dir: Path, titles: dict[str, str], split: str) -> list[tu
     return sorted((q, p, titles[p], float(g)) for q, p, g in rows if p in titles and g is not None)
 
 
-def grade_to_rel(grade: float) -> int:
-    return max(0, round((grade - 1.0) * 3))
-
-
-class CrossEncoderReranker:
-    """Scores (query, title) pairs with a fine-tuned cross-encoder folder (HF format)."""
-
-    def __init__(self, path: str | Path, device: str = "cpu", max_length: int = 64) -> None:
-        from skulens.compat import ensure_torchvision_ops
-
-        ensure_torchvision_ops()
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.path = str(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path, num_labels=1).to(device).eval()
-        self.device, self.max_length = device, max_length
-
-    def score(self, query: str | list[str], titles: list[str], batch_size: int = 64) -> np.ndarray:
-        """One relevance logit per title (higher is more relevant); ``query`` may be one per title."""
-        import torch
-
-        queries = [query] * len(titles) if isinstance(query, str) else query
-        out = []
-        with torch.inference_mode():
-            for s in range(0, len(titles), batch_size):
-                enc = self.tokenizer(queries[s:s + batch_size], titles[s:s + batch_size], truncation=True,
-                                     max_length=self.max_length, padding=True, return_tensors="pt").to(self.device)
-                out.append(self.model(**enc).logits.squeeze(-1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-class OnnxReranker:
-    """The exported cross-encoder on ONNX Runtime (the INT8 file when it passed the parity gate):
-    same tokenizer and inputs as the export, several times faster than PyTorch on a CPU."""
-
-    def __init__(self, onnx_path: str | Path, tokenizer_dir: str | Path, max_length: int = 64,
-                 threads: int | None = None) -> None:
-        from transformers import AutoTokenizer
-
-        from skulens.export.onnx_export import session
-
-        self.path = Path(onnx_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        self.session = session(self.path, threads)
-        self.max_length = max_length
-
-    def score(self, query: str | list[str], titles: list[str]) -> np.ndarray:
-        """One relevance logit per title; ``query`` may be one per title."""
-        if not titles:
-            return np.zeros(0, np.float32)
-        queries = [query] * len(titles) if isinstance(query, str) else query
-        enc = self.tokenizer(queries, titles, truncation=True, max_length=self.max_length, padding=True,
-                             return_tensors="np")
-        feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-        return np.asarray(self.session.run(None, feeds)[0], dtype=np.float32).reshape(-1)
 
 
 def _grouped(pairs: list[tuple[str, str, str, float]], limit: int | None, seed: int) -> dict[str, list]:
@@ -134,23 +80,6 @@ def _grouped(pairs: list[tuple[str, str, str, float]], limit: int | None, seed: 
     if limit is not None and len(keys) > limit:
         keys = sorted(random.Random(seed).sample(keys, limit))
     return {k: by_query[k] for k in keys}
-
-
-def evaluate_rankers(groups: dict[str, list], scorers: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """nDCG@10 / MRR / zero-useful rate of each scorer over each query's judged candidates."""
-    from skulens.evaluation import evaluate, zero_useful_rate
-
-    qrels = {q: {p: grade_to_rel(g) for p, _, g in cands} for q, cands in groups.items()}
-    out = {}
-    for name, scorer in scorers.items():
-        run = {}
-        for q, cands in groups.items():
-            scores = scorer(q, [t for _, t, _ in cands])
-            run[q] = {p: float(s) for (p, _, _), s in zip(cands, scores, strict=True)}
-        metrics = evaluate(qrels, run, ["nDCG@10", "RR(rel=4)"])
-        metrics["zero_useful@10"] = zero_useful_rate(qrels, run, k=10, min_grade=4)
-        out[name] = metrics
-    return out
 
 
 def bm25_scorer(titles: dict[str, str]):  # noqa: ANN201

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from skulens.evaluation import dense_run, evaluate
+from skulens.evaluation.rerankers import grade_to_rel
 from skulens.models.two_tower import TwoTower
 from skulens.settings import Settings
-from skulens.training.reranker import grade_to_rel, judged_pairs, product_titles
+from skulens.training.reranker import judged_pairs, product_titles
 from skulens.vectors import normalise as _norm
 
 

@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from skulens.data.pairs import ProductSet, load_split
+from skulens.evaluation.embedder import SplitEmbeddings, attribute_queries, evaluate_split, minilm_embeddings
 from skulens.models.two_tower import TwoTower
 from skulens.settings import Settings
 from skulens.training.config import TwoTowerTrainConfig
-from skulens.training.data import ProductSet, load_split
-from skulens.training.evaluate import SplitEmbeddings, attribute_queries, evaluate_split, minilm_embeddings
 
 PRIMARY = ("image_only_nDCG@10", "degraded_title_fused_nDCG@10")
 

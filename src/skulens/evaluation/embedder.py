@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from skulens.data.pairs import ProductSet
 from skulens.evaluation import dense_run, evaluate
 from skulens.evaluation.metrics import Qrels
-from skulens.training.data import ProductSet
 from skulens.vectors import normalise
 
 FUSION_GRID = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))

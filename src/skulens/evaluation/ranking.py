@@ -1,0 +1,123 @@
+"""Learn an index version's :class:`~skulens.retrieval.ranking.RankingPolicy` on training queries,
+with the components that will serve it (the version's own vector store and BM25 index, the query
+encoder of the embedder that built it, the champion reranker).
+
+Queries, by what the catalogue has: its relevance judgments (the training split only, so that
+``skulens eval``'s held-out queries stay unseen), else attribute queries over the whole catalogue
+(``<gender> <colour> <article type>``, graded by the products' own attributes: the fashion case),
+else nothing and the policy says it is a default. Learning scores the same functions the service
+runs (``RankingPolicy.fuse`` / ``rerank``), so what was measured is what is served.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from skulens.evaluation.metrics import Qrels, evaluate
+from skulens.retrieval.fusion import Hits, weighted
+from skulens.retrieval.ranking import RankingPolicy
+
+ATTRIBUTE_KEYS = ("article_type", "colour", "gender")
+BLENDS = tuple(np.round(np.linspace(0, 1, 11), 2))
+
+
+def learn_weight(dense: Mapping[str, Hits], lexical: Mapping[str, Hits], qrels: Mapping[str, Mapping[str, int]],
+                 grid: Sequence[float] = tuple(np.round(np.linspace(0, 1, 21), 2)), measure: str = "nDCG@10"
+                 ) -> tuple[float, dict[float, float]]:
+    """The weight of :func:`weighted` that maximises ``measure`` over the queries of ``qrels``
+    (ties: the weight nearest 0.5); returns it with the score of every weight tried."""
+    queries = [q for q in qrels if q in dense or q in lexical]
+    if not queries:
+        raise ValueError("no training query has candidates to learn the fusion weight from")
+    tried = {}
+    for w in grid:
+        run = {q: dict(weighted(dense.get(q, []), lexical.get(q, []), float(w))) for q in queries}
+        tried[float(w)] = evaluate({q: dict(qrels[q]) for q in queries}, run, [measure])[measure]
+    best = max(tried, key=lambda w: (round(tried[w], 6), -abs(w - 0.5)))
+    return best, tried
+
+
+def judged_queries(judgments: pa.Table, known: set[str], split_of: Callable[[list[str]], dict[str, str]],
+                   split: str, limit: int, seed: int) -> tuple[dict[str, str], Qrels]:
+    """Query texts and graded qrels of one split of a judgments table (products in ``known`` only)."""
+    from skulens.evaluation.harness import to_rel
+
+    qrels: Qrels = {}
+    for row in judgments.to_pylist():
+        if row["product_id"] in known:
+            qrels.setdefault(row["query"], {})[row["product_id"]] = to_rel(row["grade"], row["source"])
+    splits = split_of(sorted(qrels))
+    chosen = sorted(q for q in qrels if splits.get(q) == split and any(g > 0 for g in qrels[q].values()))
+    if len(chosen) > limit:
+        chosen = sorted(random.Random(seed).sample(chosen, limit))
+    return {q: q for q in chosen}, {q: qrels[q] for q in chosen}
+
+
+def attribute_queries(products: pa.Table, limit: int, seed: int) -> tuple[dict[str, str], Qrels]:
+    """``<gender> <colour> <article type>`` queries over every product with those attributes; grade 3
+    when all three match, 2 for type and colour, 1 for the type alone."""
+    rows = [dict(a or []) for a in products.column("attributes").to_pylist()]
+    ids = products.column("product_id").to_pylist()
+    keyed = [tuple((r.get(k) or "").lower() for k in ATTRIBUTE_KEYS) for r in rows]
+    combos = sorted({key for key in keyed if all(key)})
+    if len(combos) > limit:
+        combos = sorted(random.Random(seed).sample(combos, limit))
+    by_type: dict[str, list[int]] = {}
+    for i, (article, _, _) in enumerate(keyed):
+        by_type.setdefault(article, []).append(i)
+    texts, qrels = {}, {}
+    for n, (article, colour, gender) in enumerate(combos):
+        qid = f"a{n}"
+        texts[qid] = f"{gender} {colour} {article}"
+        qrels[qid] = {ids[i]: 3 if keyed[i][1:] == (colour, gender) else 2 if keyed[i][1] == colour else 1
+                      for i in by_type[article]}
+    return texts, qrels
+
+
+def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[list[str]], np.ndarray],
+                  dense: Callable[[np.ndarray, int], list[Hits]], lexical: Callable[[str, int], Hits],
+                  titles: Mapping[str, str], reranker: Callable[[str, list[str]], np.ndarray] | None,
+                  source: str, max_depth: int = 20, depth: int = 100) -> RankingPolicy:
+    """The fusion weight, then the rerank depth and blend, that maximise nDCG@10 on ``qrels``."""
+    qids = [q for q in texts if qrels.get(q)]
+    if not qids:
+        raise ValueError("no training query with a judged product to learn the ranking from")
+    vectors = encode([texts[q] for q in qids])
+    dense_hits = dict(zip(qids, dense(vectors, depth), strict=True))
+    lexical_hits = {q: lexical(texts[q], depth) for q in qids}
+    weight, tried = learn_weight(dense_hits, lexical_hits, {q: qrels[q] for q in qids})
+    measured: dict[str, Any] = {"queries": len(qids), "fusion_weight_nDCG@10": tried}
+    fused_policy = RankingPolicy(fusion_weight=weight, learned_on=source)
+    fused = {q: fused_policy.fuse(dense_hits[q], lexical_hits[q]) for q in qids}
+    fused_ndcg = _ndcg(qrels, fused, qids)
+    measured["fused_nDCG@10"] = fused_ndcg
+    if reranker is None:
+        measured["rerank"] = "no reranker passed its gate: nothing to learn"
+        return RankingPolicy(fusion_weight=weight, rerank_depth=max_depth, rerank_blend=0.0,
+                             learned_on=source, measured=measured)
+    # Each query's head is scored once, at the deepest depth tried; shallower depths reuse it.
+    scored = {q: np.asarray(reranker(texts[q], [titles.get(p, "") for p, _ in fused[q][:max_depth]]), dtype=float)
+              for q in qids}
+    best = (fused_ndcg, max_depth, 0.0)
+    grid: dict[str, float] = {}
+    for d in sorted({min(d, max_depth) for d in (10, 20, 30, max_depth)}):
+        for blend in BLENDS:
+            policy = RankingPolicy(fusion_weight=weight, rerank_depth=d, rerank_blend=float(blend), learned_on=source)
+            run = {q: policy.rerank(fused[q][:d], scored[q][:len(fused[q][:d])]) + fused[q][d:] for q in qids}
+            score = _ndcg(qrels, run, qids)
+            grid[f"depth {d}, blend {blend}"] = round(score, 5)
+            if score > best[0] + 1e-9:
+                best = (score, d, float(blend))
+    measured.update({"rerank_grid_nDCG@10": grid, "reranked_nDCG@10": best[0]})
+    return RankingPolicy(fusion_weight=weight, rerank_depth=best[1], rerank_blend=best[2], learned_on=source,
+                         measured=measured)
+
+
+def _ndcg(qrels: Qrels, runs: Mapping[str, Hits], qids: Sequence[str]) -> float:
+    run = {q: {pid: float(len(runs[q]) - rank) for rank, (pid, _) in enumerate(runs[q])} for q in qids}
+    return float(evaluate({q: dict(qrels[q]) for q in qids}, run, ["nDCG@10"])["nDCG@10"])

@@ -1,0 +1,61 @@
+"""The address book of ``SKULENS_HOME``: where each kind of artefact lives, in one place.
+
+Every module that reads or writes these folders asks here, so that the layout can change (or move
+to an object store) without a hunt through the code::
+
+    tables/<catalog>/         canonical tables (versioned, CURRENT)
+    prepared/<catalog>/       Spark-prepared catalogue (versioned)
+    pairs/                    training pairs and shards (versioned)
+    indexes/<catalog>/        search index versions (versioned; RELOAD marker beside CURRENT)
+    events/<catalog>/         click logs (date partitions)
+    reports/<pipeline>/       run logs and summaries
+    cache/                    model and registry caches
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from skulens.storage.versioned import VersionedDir
+
+
+def tables_store(settings: Any, catalog: str) -> VersionedDir:
+    """The versioned folder of a catalogue's canonical tables."""
+    return VersionedDir(settings.tables_dir / catalog)
+
+
+def prepared_store(settings: Any, catalog: str) -> VersionedDir:
+    """The versioned folder of a catalogue's prepared outputs."""
+    return VersionedDir(settings.home / "prepared" / catalog)
+
+
+def pairs_store(settings: Any) -> VersionedDir:
+    """The versioned folder of the training pairs."""
+    return VersionedDir(settings.home / "pairs")
+
+
+def index_store(settings: Any, catalog: str) -> VersionedDir:
+    """The versioned folder of a catalogue's search indexes."""
+    return VersionedDir(settings.home / "indexes" / catalog)
+
+
+def reload_marker(settings: Any, catalog: str) -> Path:
+    """The file ``notify_serving`` rewrites after each publish."""
+    return settings.home / "indexes" / catalog / "RELOAD"
+
+
+def events_dir(settings: Any, catalog: str) -> Path:
+    return settings.events_dir / catalog
+
+
+def model_cache(settings: Any) -> Path:
+    return settings.home / "cache" / "models"
+
+
+def pairs_dir(settings: Any) -> Path:
+    """The published training pairs' folder; FileNotFoundError before catalog_ingest has run."""
+    current = pairs_store(settings).current()
+    if current is None:
+        raise FileNotFoundError("no published training pairs; run the catalog_ingest pipeline first")
+    return current
