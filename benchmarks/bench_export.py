@@ -68,7 +68,7 @@ def main() -> None:
     from skulens.export.onnx_export import (
         export_reranker,
         export_two_tower,
-        ffn_down_projections,
+        ffn_projections,
         quantize_dynamic_int8,
         quantize_static_int8,
         run,
@@ -92,7 +92,7 @@ def main() -> None:
     paths = export_two_tower(tower, work)
     text_int8 = quantize_dynamic_int8(paths["text"], work / "text.int8.onnx")
     text_int8_ffn = quantize_dynamic_int8(paths["text"], work / "text.int8-ffn-out-fp32.onnx",
-                                          keep_fp32=ffn_down_projections(paths["text"]))
+                                          keep_fp32=ffn_projections(paths["text"]))
     image_static = quantize_static_int8(paths["image"], work / "image.int8-static.onnx", "pixels",
                                         [pixels[64:80], pixels[80:96]])
     image_dynamic = quantize_dynamic_int8(paths["image"], work / "image.int8-dynamic.onnx")

@@ -28,7 +28,7 @@ def main() -> None:
     import torch
     from bench_serving import queries
 
-    from skulens.export.onnx_export import export_module, ffn_down_projections, quantize_dynamic_int8, session
+    from skulens.export.onnx_export import export_module, ffn_projections, quantize_dynamic_int8, session
     from skulens.models.two_tower import TwoTower
     from skulens.settings import load_settings
     from skulens.tracking.registry import embedder_files, version_artifacts
@@ -56,7 +56,7 @@ def main() -> None:
             dynamic = axis == "dynamic"
             fp32 = export_module(TextEncoder(), (example,), Path(scratch) / f"{dynamic}.onnx", ["input_ids"],
                                  "text_embedding", dynamic_seq=dynamic)
-            int8 = quantize_dynamic_int8(fp32, Path(scratch) / f"{dynamic}.int8.onnx", ffn_down_projections(fp32))
+            int8 = quantize_dynamic_int8(fp32, Path(scratch) / f"{dynamic}.int8.onnx", ffn_projections(fp32))
             for precision, path in (("fp32", fp32), ("INT8 (served recipe)", int8)):
                 sess = session(path, threads=2)
                 tokenize = tower.tokenize_padded if dynamic else tower.tokenize

@@ -1,5 +1,5 @@
 """Airflow DAG ``build_index``: embed the catalogue with the champion embedder -> sharded FAISS with
-the recall gate -> BM25 -> atomic publish -> tell serving to reload.
+the recall gate -> BM25 -> learned ranking policy -> atomic publish -> tell serving to reload.
 
 Wiring only: each task imports skulens inside its body and calls one stage of
 ``skulens.pipelines.build_index``. Runs when a new embedder becomes champion or the prepared
@@ -24,9 +24,13 @@ DOC = """
 2. **build_vector**: FAISS HNSW per category shard, centroid router, **recall gate** against exact
    search (recall@10 >= `retrieval.vector.min_recall`); a failed gate stops the run here;
 3. **build_lexical**: BM25 over titles, attributes and categories;
-4. **publish**: manifest + atomic `CURRENT` swap (the previous version stays for rollback);
-5. **notify_serving**: `RELOAD` marker (and a POST to `retrieval.reload_url` when set);
-6. **report**: `SKULENS_HOME/reports/build_index/latest.json`, also when a stage failed.
+4. **learn_ranking**: the fusion weight and the rerank depth and blend, learned on training queries
+   (judgments, else attribute queries) with this version's own index, encoder and champion
+   reranker; stored with the version (`ranking.json`) and served with it;
+5. **publish**: manifest + atomic `CURRENT` swap (the previous version stays for rollback);
+6. **notify_serving**: `RELOAD` marker (a running service follows `CURRENT` by itself) and a POST
+   to `retrieval.reload_url` with the admin key when set;
+7. **report**: `SKULENS_HOME/reports/build_index/latest.json`, also when a stage failed.
 """
 
 
@@ -72,6 +76,14 @@ def build_index():
 
         return {"documents": p.build_lexical(_settings(), _run_id())["documents"]}
 
+    @task
+    def learn_ranking(_: dict) -> dict:
+        from skulens.pipelines import build_index as p
+
+        result = p.learn_ranking(_settings(), _run_id())
+        return {"fusion_weight": result["fusion_weight"], "rerank_depth": result["rerank_depth"],
+                "rerank_blend": result["rerank_blend"]}
+
     @task(retries=0, outlets=[SEARCH_INDEX])
     def publish(_: dict) -> dict:
         from skulens.pipelines import build_index as p
@@ -90,7 +102,7 @@ def build_index():
 
         return {"status": p.report(_settings(), _run_id())["status"]}
 
-    notify_serving(publish(build_lexical(build_vector(embed())))) >> report()
+    notify_serving(publish(learn_ranking(build_lexical(build_vector(embed()))))) >> report()
 
 
 build_index()

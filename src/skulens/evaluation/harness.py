@@ -141,9 +141,13 @@ def noisy_query(text: str, rng: random.Random) -> str:
 
 # -- metrics -----------------------------------------------------------------------------------
 def score_run(qrels: Qrels, run: Run, relevant: int) -> dict[str, float]:
-    metrics = evaluate(qrels, run, ["nDCG@10", f"R(rel={relevant})@100", f"RR(rel={relevant})"])
+    """nDCG@10, recall@100, MRR and the zero-useful rate, with judged@10 beside them: the share of
+    the top 10 that the judgments grade at all (an unjudged result counts as irrelevant, so a low
+    judged@10 means the figure understates the ranking)."""
+    metrics = evaluate(qrels, run, ["nDCG@10", f"R(rel={relevant})@100", f"RR(rel={relevant})", "Judged@10"])
     return {"nDCG@10": metrics["nDCG@10"], "recall@100": metrics[f"R(rel={relevant})@100"],
-            "MRR": metrics[f"RR(rel={relevant})"], "zero_useful@10": zero_useful_rate(qrels, run, 10, relevant)}
+            "MRR": metrics[f"RR(rel={relevant})"], "zero_useful@10": zero_useful_rate(qrels, run, 10, relevant),
+            "judged@10": metrics["Judged@10"]}
 
 
 def _as_run(query_ids: Sequence[str], results: Sequence[Sequence[tuple[str, float]]]) -> Run:
@@ -166,15 +170,11 @@ def reranker_scorer(settings: Settings, choice: str | None) -> tuple[Scorer | No
         return None, "no reranker configured"
     from skulens.models.reranker import CrossEncoderReranker
 
-    if choice == "champion":
-        from skulens.tracking.registry import reranker_dir, version_artifacts
+    if choice == "champion":  # what the service runs: the exported file that passed parity
+        from skulens.serving.loader import champion_reranker
 
-        try:
-            champion = version_artifacts(settings, "reranker")
-        except LookupError as exc:
-            return None, str(exc)
-        return CrossEncoderReranker(reranker_dir(champion)).score, \
-            f"{champion['name']}/{champion['version']} (champion)"
+        scorer, label = champion_reranker(settings)
+        return scorer, (f"{label} (champion)" if scorer is not None else label)
     return CrossEncoderReranker(choice).score, choice
 
 
@@ -391,6 +391,54 @@ def evaluate_fashion(settings: Settings, cfg: EvalConfig, catalog: str = "fashio
     return out
 
 
+# -- the served pipeline -----------------------------------------------------------------------
+def served_rankings(pipeline: Any, texts: Sequence[str], k: int = 10) -> list[list[str]]:
+    """The product ids the served pipeline returns for each query, in order (no time budget, so
+    this is what the service answers when it is on time)."""
+    from skulens.serving.pipeline import SearchRequest
+
+    return [[item["product_id"] for item in pipeline.search(SearchRequest.parse({"text": t, "k": k},
+                                                                                 pipeline.config)).items]
+            for t in texts]
+
+
+def load_served_for_eval(settings: Settings, catalog: str) -> Any:
+    """The published index of ``catalog`` as the service loads it (learned ranking, champion
+    reranker's served file, rules, spelling, the cascade's rules tier), without time limits."""
+    from skulens.serving.llm.cascade import build_cascade
+    from skulens.serving.loader import load_served
+    from skulens.serving.pipeline import ServingConfig
+
+    config = ServingConfig.from_settings(settings.serving).__dict__ | {
+        "total_budget_ms": 3_600_000.0, "stage_timeout_ms": {}, "recovery_budget_ms": 0.0, "shed_rerank_above": None}
+    served = load_served(settings, catalog, ServingConfig(**config))
+    served.pipeline.cascade = build_cascade(settings, served.vocabulary, start_local=False)
+    return served.pipeline
+
+
+def evaluate_served(settings: Settings, catalog: str, cfg: EvalConfig) -> dict[str, Any]:
+    """Held-out queries (the test side of the split the ranking was learned on) through the served
+    pipeline of ``catalog``: what shoppers get, scored."""
+    from skulens.data.catalog import read_table
+    from skulens.evaluation.ranking import ranking_queries
+
+    started = time.perf_counter()
+    pipeline = load_served_for_eval(settings, catalog)
+    found = ranking_queries(settings, catalog, read_table(settings, catalog, "products"), split="test",
+                            limit=cfg.max_test_queries or 1000, seed=cfg.seed)
+    if found is None:
+        return {"skipped": f"{catalog} has no judgments and no attribute queries to evaluate with"}
+    texts, qrels, source = found
+    qids = list(texts)
+    _progress(f"served pipeline of {catalog}: {len(qids)} held-out queries")
+    rankings = served_rankings(pipeline, [texts[q] for q in qids], k=10)
+    run = {q: {pid: float(10 - i) for i, pid in enumerate(ids)} for q, ids in zip(qids, rankings, strict=True)}
+    relevant = max(max(g.values(), default=1) for g in qrels.values())
+    return {"catalog": catalog, "queries": source.replace("training", "held-out"), "versions": pipeline.versions,
+            "metrics": score_run({q: qrels[q] for q in qids}, run, relevant),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
 # -- report ------------------------------------------------------------------------------------
 def run_eval(settings: Settings, cfg: EvalConfig | None = None, *, catalog: str = "homedepot",
              judgments_path: Path | None = None, fashion: str | None = "fashion") -> dict[str, Any]:
@@ -410,6 +458,12 @@ def run_eval(settings: Settings, cfg: EvalConfig | None = None, *, catalog: str 
             report["fashion"] = evaluate_fashion(settings, cfg, fashion)
         except (LookupError, FileNotFoundError) as exc:
             report["fashion"] = {"skipped": str(exc)}
+    report["served"] = {}
+    for name in dict.fromkeys([settings.retrieval.catalog, catalog]):
+        try:
+            report["served"][name] = evaluate_served(settings, name, cfg)
+        except (LookupError, FileNotFoundError) as exc:
+            report["served"][name] = {"skipped": f"no served index: {exc}"}
     report["written_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     folder = settings.home / "reports" / "eval"
     folder.mkdir(parents=True, exist_ok=True)

@@ -58,13 +58,23 @@ def judged_queries(judgments: pa.Table, known: set[str], split_of: Callable[[lis
     return {q: q for q in chosen}, {q: qrels[q] for q in chosen}
 
 
-def attribute_queries(products: pa.Table, limit: int, seed: int) -> tuple[dict[str, str], Qrels]:
-    """``<gender> <colour> <article type>`` queries over every product with those attributes; grade 3
-    when all three match, 2 for type and colour, 1 for the type alone."""
+_SPLIT_WORD = {"train": "training", "test": "held-out"}
+
+
+def attribute_split(text: str) -> str:
+    """``test`` for one query in five (by a stable hash of its text), else ``train``."""
+    import hashlib
+
+    return "test" if int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 5 == 0 else "train"
+
+
+def attribute_queries(products: pa.Table, limit: int, seed: int, split: str = "train") -> tuple[dict[str, str], Qrels]:
+    """``<gender> <colour> <article type>`` queries of one split over every product with those
+    attributes; grade 3 when all three match, 2 for type and colour, 1 for the type alone."""
     rows = [dict(a or []) for a in products.column("attributes").to_pylist()]
     ids = products.column("product_id").to_pylist()
     keyed = [tuple((r.get(k) or "").lower() for k in ATTRIBUTE_KEYS) for r in rows]
-    combos = sorted({key for key in keyed if all(key)})
+    combos = sorted({key for key in keyed if all(key) and attribute_split(f"{key[2]} {key[1]} {key[0]}") == split})
     if len(combos) > limit:
         combos = sorted(random.Random(seed).sample(combos, limit))
     by_type: dict[str, list[int]] = {}
@@ -121,3 +131,32 @@ def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[l
 def _ndcg(qrels: Qrels, runs: Mapping[str, Hits], qids: Sequence[str]) -> float:
     run = {q: {pid: float(len(runs[q]) - rank) for rank, (pid, _) in enumerate(runs[q])} for q in qids}
     return float(evaluate({q: dict(qrels[q]) for q in qids}, run, ["nDCG@10"])["nDCG@10"])
+
+
+def ranking_queries(settings: Any, catalog: str, products: pa.Table, limit: int = 300, seed: int = 0,
+                    split: str = "train") -> tuple[dict[str, str], Qrels, str] | None:
+    """Queries of one split for a catalogue's ranking: ``train`` to learn it, ``test`` for
+    ``skulens eval``'s held-out figures. Its judgments' split, else attribute queries over its
+    products (split by a hash of the query), else None."""
+    from skulens.data.catalog import catalog_dir
+    from skulens.evaluation.harness import EvalConfig, query_splits
+
+    known = set(products.column("product_id").to_pylist())
+    try:
+        path = catalog_dir(settings, catalog) / "judgments.parquet"
+    except FileNotFoundError:
+        path = None
+    if path is not None and path.is_file():
+        import pyarrow.parquet as pq
+
+        cfg = EvalConfig()
+        texts, qrels = judged_queries(pq.read_table(path), known,
+                                      lambda queries: query_splits(settings, queries, cfg.test_fraction, cfg.seed),
+                                      split, limit, seed)
+        if texts:
+            return texts, qrels, f"{len(texts)} {_SPLIT_WORD[split]} queries of the {catalog} judgments (real, graded)"
+    texts, qrels = attribute_queries(products, limit, seed, split)
+    if texts:
+        return texts, qrels, (f"{len(texts)} {_SPLIT_WORD[split]} attribute-derived queries (<gender> <colour> "
+                              f"<article type>) over the {catalog} catalogue, not real shopper queries")
+    return None

@@ -20,7 +20,7 @@ import numpy as np
 from skulens.export.onnx_export import (
     export_reranker,
     export_two_tower,
-    ffn_down_projections,
+    ffn_projections,
     quantize_dynamic_int8,
     quantize_static_int8,
     run,
@@ -119,29 +119,40 @@ def export_embedder(bundle: Path, out_dir: Path, *, texts: list[str], images: li
 
     text_candidates = {"fp32": fp32["text"],
                        "dynamic": quantize_dynamic_int8(fp32["text"], out_dir / "text.int8-dynamic.onnx")}
-    down = ffn_down_projections(fp32["text"])
-    if down:
-        text_candidates["dynamic_ffn_out_fp32"] = quantize_dynamic_int8(
-            fp32["text"], out_dir / "text.int8-dynamic-ffn-out-fp32.onnx", keep_fp32=down)
+    ffn = ffn_projections(fp32["text"])
+    if ffn:
+        text_candidates["dynamic_ffn_fp32"] = quantize_dynamic_int8(
+            fp32["text"], out_dir / "text.int8-dynamic-ffn-fp32.onnx", keep_fp32=ffn)
     text = _choose("text tower", ref_text, text_candidates, {"input_ids": tokens}, parity, threads)
     image_candidates = {"fp32": fp32["image"]}
     batches = [calib[i:i + 16] for i in range(0, len(calib), 16)]
     image_candidates["static_qdq"] = quantize_static_int8(fp32["image"], out_dir / "image.int8-static.onnx",
                                                           "pixels", batches)
-    image_candidates["dynamic"] = quantize_dynamic_int8(fp32["image"], out_dir / "image.int8-dynamic.onnx")
+    # No dynamic candidate for the image tower: ConvInteger measured 0.75-0.86 cosine and 10-20x slower.
     image = _choose("image tower", ref_image, image_candidates, {"pixels": pixels}, parity, threads)
 
     n = min(len(texts), len(images))
     recall_fp32 = _recall_at_10(ref_text[:n], ref_image[:n])
-    served_text = text["candidates"][text["chosen"]]["outputs"] if text["chosen"] else ref_text
-    served_image = image["candidates"][image["chosen"]]["outputs"] if image["chosen"] else ref_image
-    recall_int8 = _recall_at_10(served_text[:n], served_image[:n])
     reasons = [c["reason"] for t in (text, image) for c in t["candidates"].values() if not c["passed"]]
-    use_int8 = bool(text["chosen"] or image["chosen"])
-    if use_int8 and recall_fp32 - recall_int8 > parity.max_recall_drop:
-        reasons.append(f"recall@10 drops {recall_fp32 - recall_int8:.4f} (fp32 {recall_fp32:.4f}, int8 "
-                       f"{recall_int8:.4f}) > {parity.max_recall_drop}")
-        text["chosen"] = image["chosen"] = None
+    outputs = {"text": {True: text["candidates"][text["chosen"]]["outputs"] if text["chosen"] else ref_text,
+                        False: ref_text},
+               "image": {True: image["candidates"][image["chosen"]]["outputs"] if image["chosen"] else ref_image,
+                         False: ref_image}}
+    # The retrieval check falls back one tower at a time (both INT8, then the image tower alone, then
+    # the text tower alone): a drop the text tower causes must not take the image tower's INT8 too.
+    recall_int8 = recall_fp32
+    use_text, use_image = False, False
+    for try_text, try_image in ((True, True), (False, True), (True, False)):
+        if (try_text and not text["chosen"]) or (try_image and not image["chosen"]):
+            continue
+        recall = _recall_at_10(outputs["text"][try_text][:n], outputs["image"][try_image][:n])
+        if recall_fp32 - recall <= parity.max_recall_drop:
+            use_text, use_image, recall_int8 = try_text, try_image, recall
+            break
+        reasons.append(f"recall@10 drops {recall_fp32 - recall:.4f} (fp32 {recall_fp32:.4f}, int8 {recall:.4f}) "
+                       f"> {parity.max_recall_drop} with INT8 text={try_text} image={try_image}")
+    text["chosen"] = text["chosen"] if use_text else None
+    image["chosen"] = image["chosen"] if use_image else None
     served = {
         "text": str(text["candidates"][text["chosen"]]["path"]) if text["chosen"] else str(fp32["text"]),
         "image": str(image["candidates"][image["chosen"]]["path"]) if image["chosen"] else str(fp32["image"]),

@@ -24,7 +24,7 @@ from skulens.settings import Settings
 from skulens.storage.layout import index_store, reload_marker
 
 PIPELINE = "build_index"
-STAGES = ["embed", "build_vector", "build_lexical", "publish", "notify_serving"]
+STAGES = ["embed", "build_vector", "build_lexical", "learn_ranking", "publish", "notify_serving"]
 
 
 
@@ -46,8 +46,10 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
     import pyarrow.parquet as pq
 
     from skulens.data.catalog import read_table
+    from skulens.models.onnx import configure
     from skulens.tracking.registry import embedder_files, version_artifacts
 
+    configure(settings.models.onnx_device)
     catalog = catalog or settings.retrieval.catalog
     with stage(settings, PIPELINE, run_id, "embed") as out:
         folder = _staging(settings, catalog, run_id)
@@ -129,6 +131,47 @@ def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
         return out
 
 
+def learn_ranking(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Learn this version's ranking policy (fusion weight, rerank depth and blend) on training
+    queries with the components that will serve it, and store it with the version (``ranking.json``).
+    A catalogue with neither judgments nor attribute queries gets the defaults, saying so."""
+    import numpy as np
+
+    from skulens.evaluation.ranking import learn_ranking as learn
+    from skulens.evaluation.ranking import ranking_queries
+    from skulens.retrieval.encoders import query_vectors
+    from skulens.retrieval.lexical import BM25Index
+    from skulens.retrieval.ranking import RankingPolicy
+    from skulens.retrieval.stores import open_vector_store
+    from skulens.serving.loader import champion_reranker, query_encoder
+
+    with stage(settings, PIPELINE, run_id, "learn_ranking") as out:
+        embedded = _previous(settings, run_id, "embed")
+        catalog, folder = embedded["catalog"], _staging(settings, embedded["catalog"], run_id)
+        products = _snapshot(settings, run_id)
+        found = ranking_queries(settings, catalog, products)
+        if found is None:
+            policy = RankingPolicy(learned_on=f"default: {catalog} has no judgments and no attribute queries "
+                                              "to learn from")
+        else:
+            texts, qrels, source = found
+            encoder, _ = query_encoder(settings, embedded["model_version"])
+            store = open_vector_store(folder / "vector", settings.retrieval.milvus.token)
+            lexical = BM25Index.load(folder / "lexical")
+            reranker, label = champion_reranker(settings)
+            titles = dict(zip(products.column("product_id").to_pylist(), products.column("title").to_pylist(),
+                              strict=True))
+            policy = learn(texts, qrels, titles=titles, reranker=reranker, max_depth=settings.serving.rerank_top_k,
+                           encode=lambda batch: np.vstack([query_vectors(encoder, t, None) for t in batch]),
+                           dense=lambda vectors, k: store.search(vectors, k=k),
+                           lexical=lambda text, k: lexical.search(text, k=k),
+                           source=f"{source}; index {run_id}; reranker {label}")
+        policy.save(folder)
+        out.update({k: v for k, v in policy.to_dict().items() if k != "measured"},
+                   measured={k: v for k, v in policy.measured.items() if not k.endswith("grid_nDCG@10")})
+        return out
+
+
 def _point_milvus_alias(settings: Settings, catalog: str, version_dir: Path) -> str | None:
     """For a Milvus-backed version, move the ``<catalog>_current`` alias to its collection."""
     manifest = version_dir / "vector" / "manifest.json"
@@ -164,10 +207,11 @@ def publish(settings: Settings, run_id: str) -> dict[str, Any]:
         embedded = _previous(settings, run_id, "embed")
         vector = _previous(settings, run_id, "build_vector")
         lexical = _previous(settings, run_id, "build_lexical")
+        ranking = _previous(settings, run_id, "learn_ranking")
         store = index_store(settings, embedded["catalog"])
         previous = store.current_id()
         manifest = {"version": run_id, "catalog": embedded["catalog"], "model_version": embedded["model_version"],
-                    "embed": embedded, "vector": vector, "lexical": lexical,
+                    "embed": embedded, "vector": vector, "lexical": lexical, "ranking": ranking,
                     "published_at": datetime.now(UTC).isoformat(timespec="seconds"), "previous": previous,
                     # A rebuild from the catalogue folds no live update: the whole log replays on it.
                     "updates_through": 0}
@@ -243,5 +287,6 @@ def report(settings: Settings, run_id: str) -> dict[str, Any]:
 def run_all(settings: Settings, run_id: str, catalog: str | None = None) -> dict[str, Any]:
     """Every stage in order in this process (what the DAG does, without Airflow)."""
     steps = [lambda: embed(settings, run_id, catalog)] + [
-        lambda step=step: step(settings, run_id) for step in (build_vector, build_lexical, publish, notify_serving)]
+        lambda step=step: step(settings, run_id)
+        for step in (build_vector, build_lexical, learn_ranking, publish, notify_serving)]
     return run_stages(settings, PIPELINE, run_id, steps, STAGES)

@@ -34,8 +34,8 @@ class TrainParams:
     max_train_products: int | None = None
     reranker_config: str = "reranker"
     reranker_max_train_pairs: int | None = None
-    parity_texts: int = 512
-    parity_images: int = 256
+    parity_texts: int = 1024
+    parity_images: int = 1024  # photos are cheap; one query is 1/n of recall@10
 
 
 def _previous(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
@@ -116,8 +116,10 @@ def export_embedder(settings: Settings, run_id: str, params: TrainParams) -> dic
     from skulens.data.catalog import read_table
     from skulens.data.pairs import load_split
     from skulens.export.parity import export_embedder as export
+    from skulens.models.onnx import configure
     from skulens.tracking.registry import attach_export
 
+    configure(settings.models.onnx_device)  # parity is measured on the provider that will serve
     with stage(settings, PIPELINE, run_id, "export_embedder") as out:
         trained = _previous(settings, run_id, "train_embedder")
         registered = _previous(settings, run_id, "register_embedder")
@@ -189,9 +191,11 @@ def register_reranker(settings: Settings, run_id: str, params: TrainParams) -> d
 
 def export_reranker(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
     from skulens.export.parity import export_reranker_gated
+    from skulens.models.onnx import configure
     from skulens.tracking.registry import attach_export
     from skulens.training.reranker import test_groups
 
+    configure(settings.models.onnx_device)  # parity is measured on the provider that will serve
     with stage(settings, PIPELINE, run_id, "export_reranker") as out:
         trained = _previous(settings, run_id, "train_reranker")
         registered = _previous(settings, run_id, "register_reranker")

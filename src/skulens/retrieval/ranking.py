@@ -65,6 +65,11 @@ class RankingPolicy:
             reranked = weighted(reranked, list(head), self.rerank_blend)
         return reranked
 
+    def describe(self) -> str:
+        """One line for responses and reports: the numbers and where they come from."""
+        return (f"fusion weight {self.fusion_weight:g}, rerank top {self.rerank_depth} with blend "
+                f"{self.rerank_blend:g}; {self.learned_on}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -44,3 +44,17 @@ def build_vector_store(kind: str, *args: Any, **kwargs: Any) -> Any:
     if kind not in VECTOR_STORES:
         raise ValueError(f"unknown vector store {kind!r}; registered: {', '.join(sorted(VECTOR_STORES))}")
     return VECTOR_STORES[kind](*args, **kwargs)
+
+
+def open_vector_store(folder: Any, token: str | None = None) -> Any:
+    """The vector store of an index version's ``vector/`` folder: FAISS files, or the Milvus
+    collection its manifest names."""
+    import json
+    from pathlib import Path
+
+    manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("kind") == "milvus":
+        from skulens.retrieval.milvus_store import MilvusVectorStore
+
+        return MilvusVectorStore(MilvusVectorStore.connect(manifest["uri"], token), manifest["collection"])
+    return ShardedVectorIndex.load(Path(folder))

@@ -59,22 +59,16 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
                 cascade: Any = None) -> Served:
     """The pipeline over ``index_version`` (default: the published one) of ``catalog``."""
     from skulens.data.products import photo_root
-    from skulens.models.two_tower import TwoTower
-    from skulens.retrieval.encoders import TwoTowerEncoder
+    from skulens.models.onnx import configure
     from skulens.retrieval.live import LiveIndex
+    from skulens.retrieval.ranking import RankingPolicy
     from skulens.serving.llm.understanding import Vocabulary
     from skulens.serving.pipeline import SearchPipeline
     from skulens.serving.rules import BusinessRules
     from skulens.serving.spelling import SpellCorrector
     from skulens.storage.layout import index_store
-    from skulens.tracking.registry import (
-        embedder_files,
-        embedder_onnx,
-        reranker_dir,
-        reranker_onnx,
-        version_artifacts,
-    )
 
+    configure(settings.models.onnx_device)
     catalog = catalog or settings.retrieval.catalog
     live = LiveIndex.open(index_store(settings, catalog).root, version=index_version)
     snapshot = pq.read_table(live.version / "products.parquet",
@@ -88,39 +82,58 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     root = photo_root(snapshot)
     images = {row["product_id"]: row["image_uri"] for row in products
               if confined_photo(row.get("image_uri"), root) is not None}
-    model_version = str(live.vector.manifest.get("model_version", ""))
-    match = re.fullmatch(r"(.+)/(\d+)", model_version)
-    embedder = version_artifacts(settings, "embedder", version=int(match.group(2)) if match else None)
-    bundle, image_onnx = embedder_files(embedder)
-    tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
-    text_onnx = embedder_onnx(embedder, "text")
-    versions = {"index": live.version.name, "embedder": f"{embedder['name']}/{embedder['version']}",
-                "query_encoder": f"onnx {text_onnx.stem}" if text_onnx else "torch"}
-    reranker = None
-    try:
-        from skulens.models.reranker import CrossEncoderReranker, OnnxReranker
-
-        champion = version_artifacts(settings, "reranker", version=reranker_version)
-        onnx = reranker_onnx(champion)
-        if onnx is not None:  # the exported file that passed parity (INT8 when it did)
-            reranker = OnnxReranker(onnx, reranker_dir(champion)).score
-            versions["reranker"] = f"{champion['name']}/{champion['version']} ({onnx.stem})"
-        else:
-            reranker = CrossEncoderReranker(reranker_dir(champion)).score
-            versions["reranker"] = f"{champion['name']}/{champion['version']}"
-    except LookupError:
-        # No reranker version passed its promotion gate (it must beat BM25 and the bi-encoder on
-        # held-out judgments): none is served, and every response says so.
-        versions["reranker"] = "none: no reranker version passed its gate against the baselines"
+    encoder, versions = query_encoder(settings, str(live.vector.manifest.get("model_version", "")))
+    versions["index"] = live.version.name
+    reranker, versions["reranker"] = champion_reranker(settings, reranker_version)
+    ranking = RankingPolicy.load(live.version)
+    versions["ranking"] = ranking.describe()
+    if reranker is not None and ranking.learned and ranking.rerank_blend == 0.0:
+        # Learning found that the reranker does not improve this index's order: it is not run.
+        reranker = None
+        versions["reranker"] += " (not run: its learned blend on this index version is 0)"
     kwargs = {"config": config} if config is not None else {}
-    encoder = TwoTowerEncoder(tower=tower, image_onnx=image_onnx, text_onnx=text_onnx)
     pipeline = SearchPipeline(
-        lexical=live.lexical, store=live, encoder=encoder,
+        lexical=live.lexical, store=live, encoder=encoder, ranking=ranking,
         titles=titles, reranker=reranker, spell=SpellCorrector.from_texts(titles.values()), cascade=cascade,
         rules=BusinessRules.from_settings(settings.serving.rules),
         categories={pid: path[-1] for pid, path in categories.items() if path}, versions=versions, **kwargs)
     vocabulary = Vocabulary.from_products(categories.values(), (dict(row.get("attributes") or []) for row in products))
     return Served(pipeline, live, titles, categories, images, vocabulary, photo_root=root)
+
+
+def query_encoder(settings: Settings, model_version: str) -> tuple[Any, dict[str, str]]:
+    """The query encoder of the embedder version ``model_version`` names (``name/N``; the champion
+    when it names none): its text tower from the ONNX file that passed parity, else PyTorch."""
+    from skulens.models.two_tower import TwoTower
+    from skulens.retrieval.encoders import TwoTowerEncoder
+    from skulens.tracking.registry import embedder_files, embedder_onnx, version_artifacts
+
+    match = re.fullmatch(r"(.+)/(\d+)", model_version)
+    embedder = version_artifacts(settings, "embedder", version=int(match.group(2)) if match else None)
+    bundle, image_onnx = embedder_files(embedder)
+    tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
+    text_onnx = embedder_onnx(embedder, "text")
+    versions = {"embedder": f"{embedder['name']}/{embedder['version']}",
+                "query_encoder": f"onnx {text_onnx.stem}" if text_onnx else "torch"}
+    return TwoTowerEncoder(tower=tower, image_onnx=image_onnx, text_onnx=text_onnx), versions
+
+
+def champion_reranker(settings: Settings, version: int | None = None) -> tuple[Any, str]:
+    """The champion reranker (or ``version``) as a scorer f(query, titles), from its exported file
+    that passed parity (INT8 when it did), with its label; (None, why) when no version passed its
+    promotion gate (it must beat BM25 and the bi-encoder on held-out judgments)."""
+    from skulens.models.reranker import CrossEncoderReranker, OnnxReranker
+    from skulens.tracking.registry import reranker_dir, reranker_onnx, version_artifacts
+
+    try:
+        champion = version_artifacts(settings, "reranker", version=version)
+    except LookupError:
+        return None, "none: no reranker version passed its gate against the baselines"
+    onnx = reranker_onnx(champion)
+    if onnx is not None:
+        label = f"{champion['name']}/{champion['version']} ({onnx.stem})"
+        return OnnxReranker(onnx, reranker_dir(champion)).score, label
+    return CrossEncoderReranker(reranker_dir(champion)).score, f"{champion['name']}/{champion['version']}"
 
 
 def load_pipeline(settings: Settings, catalog: str | None = None, config: Any = None) -> Any:
