@@ -104,6 +104,11 @@ class SparkSettings(_Model):
     app_name: str = "skulens"
     driver_memory: str = "2g"
     conf: dict[str, str] = Field(default_factory=dict)
+    # Reliable checkpoints of iterative jobs (default SKULENS_HOME/spark/checkpoints; shared storage
+    # on a cluster). Paths and URLs (s3a://...) both work.
+    checkpoint_dir: str | None = None
+    # How many tar shards build_pairs writes per split (WebDataset).
+    shards_per_split: int = Field(4, ge=1)
 
     @field_validator("master")
     @classmethod

@@ -128,3 +128,30 @@ def test_embedder_runs_the_same_mapper_in_spark_as_locally(spark, tiny, tmp_path
     order = [ids_s.index(pid) for pid in ids_l]
     assert [keys_s[i] for i in order] == keys_l
     assert np.allclose(vec_s[order], vec_l, atol=1e-5)
+
+
+def test_title_join_is_blocked_by_category_and_exact(spark):
+    """Equal titles in two categories are never paired (the join key holds the category); the
+    similarity is the exact Jaccard of the word sets."""
+    from skulens.spark.lsh import title_similarity_join
+
+    frame = spark.createDataFrame([
+        ("a", "blue denim shirt", "Shirts"), ("b", "blue denim shirt", "Jeans"),
+        ("c", "blue denim shirt slim", "Shirts"), ("d", "red wool scarf", "Shirts"),
+    ], ["product_id", "title_norm", "category_leaf"])
+    pairs = {(r["datasetA"]["product_id"], r["datasetB"]["product_id"]): round(r["similarity"], 4)
+             for r in title_similarity_join(frame, 0.5, tables=8, seed=1).collect()}
+    assert pairs == {("a", "c"): 0.75, ("c", "a"): 0.75}
+
+
+def test_label_propagation_fails_loudly_when_it_does_not_converge(spark):
+    from skulens.spark.graph import NotConverged, connected_components
+
+    chain = [(str(i), str(i + 1)) for i in range(12)]  # a path of 13 nodes needs 12 rounds
+    nodes = spark.createDataFrame([(str(i),) for i in range(13)], ["id"])
+    edges = spark.createDataFrame(chain, ["src", "dst"])
+    with pytest.raises(NotConverged, match="did not converge in 3 rounds"):
+        connected_components(nodes, edges, max_iterations=3)
+    labels = {r["id"]: r["component"] for r in connected_components(nodes, edges, max_iterations=20).collect()}
+    assert set(labels.values()) == {"0"}
+    assert spark.sparkContext.getCheckpointDir()  # reliable checkpoints, not local ones

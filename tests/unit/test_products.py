@@ -133,3 +133,25 @@ def test_photo_paths_outside_the_photo_folder_are_rejected_by_name(tmp_path):
         (4, "image_outside_folder"), (5, "image_outside_folder"), (6, "image_outside_folder"),
         (7, "image_outside_folder"), (8, "image_outside_folder")}
     assert photo_root(products) == images.resolve()  # travels with the table, for the service
+
+
+def test_a_gate_on_the_staged_tables_runs_before_anything_is_published(settings):
+    """The judgments' Great Expectations gate runs on the staged version: a failing gate publishes
+    nothing and the previous version stays current (it used to run after the publish)."""
+    from skulens.data.catalog import publish_catalog
+    from skulens.storage import VersionedDir
+
+    mapping = load_mapping(EXAMPLE)
+    products, check = build_products(read_records(mapping.source), mapping)
+    first = publish_catalog(settings, "gated", {"products": products}, {"products": check}, [mapping.source])
+    seen = []
+
+    def failing(staging):
+        seen.append(sorted(p.name for p in staging.iterdir()))
+        raise RuntimeError("expectation failed: product_known")
+
+    with pytest.raises(RuntimeError, match="product_known"):
+        publish_catalog(settings, "gated", {"products": products}, {"products": check}, [mapping.source],
+                        gate=failing)
+    assert "products.parquet" in seen[0]  # the gate saw the tables that would have been published
+    assert VersionedDir(settings.tables_dir / "gated").current_id() == first.version

@@ -17,6 +17,7 @@ are kept under ``reports/datasets/<catalog>/failed-<version>/`` for inspection.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,8 +90,12 @@ def table_stats(name: str, table: pa.Table) -> dict[str, Any]:
 
 
 def publish_catalog(settings: Settings, catalog: str, tables: dict[str, pa.Table],
-                    checks: dict[str, CheckResult], sources: list[Path]) -> BuildReport:
-    """Validate the reject share, then publish ``tables`` as the catalogue's new current version."""
+                    checks: dict[str, CheckResult], sources: list[Path],
+                    gate: Callable[[Path], Any] | None = None) -> BuildReport:
+    """Validate the reject share, then publish ``tables`` as the catalogue's new current version.
+
+    ``gate(staging_folder)`` runs on the written tables before they are published (a Great
+    Expectations suite, say): when it raises, nothing is published and the previous version stays."""
     version = new_version_id()
     report = BuildReport(
         catalog=catalog,
@@ -141,6 +146,8 @@ def publish_catalog(settings: Settings, catalog: str, tables: dict[str, pa.Table
         pq.write_table(rejects, staging / "rejects.parquet")
         pq.write_table(defects, staging / "defects.parquet")
         (staging / "report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        if gate is not None:
+            gate(staging)
     report.path = str(store.versions / version)
     latest = settings.reports_dir / "datasets" / catalog / "latest.json"
     latest.parent.mkdir(parents=True, exist_ok=True)

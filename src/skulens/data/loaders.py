@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from skulens.data.catalog import BuildReport, publish_catalog
 from skulens.data.fashion import fashion_mapping
@@ -35,11 +37,13 @@ def build_fashion(settings: Settings, root: Path | None = None) -> BuildReport:
     return import_catalog(settings, fashion_mapping(root))
 
 
-def build_homedepot(settings: Settings, path: Path | None = None) -> BuildReport:
-    """Build the ``homedepot`` catalogue (products + judgments) from a judgments CSV."""
+def build_homedepot(settings: Settings, path: Path | None = None,
+                    gate: Callable[[Path], Any] | None = None) -> BuildReport:
+    """Build the ``homedepot`` catalogue (products + judgments) from a judgments CSV; ``gate`` checks
+    the staged tables before they are published (see :func:`publish_catalog`)."""
     path = Path(path or settings.datasets.homedepot_path)
     tables, checks = load_homedepot(path)
-    return publish_catalog(settings, "homedepot", tables, checks, [path])
+    return publish_catalog(settings, "homedepot", tables, checks, [path], gate=gate)
 
 
 def build_bundled(settings: Settings, only: list[str] | None = None) -> list[BuildReport]:

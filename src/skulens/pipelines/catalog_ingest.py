@@ -33,9 +33,16 @@ def validate_raw(settings: Settings, run_id: str, *, fashion_root: str | None = 
 
     with stage(settings, PIPELINE, run_id, "validate_raw") as out:
         fashion = build_fashion(settings, Path(fashion_root) if fashion_root else None)
-        homedepot = build_homedepot(settings, Path(homedepot_path) if homedepot_path else None)
+        gates: list[dict[str, Any]] = []
+
+        def judgments_gate(staging: Path) -> None:
+            # On the staged tables, before they are published: a failing suite raises and the
+            # previous judgments stay current.
+            gates.append(gate_judgments(settings, staging / "judgments.parquet",
+                                        staging / "products.parquet").to_dict())
+
+        homedepot = build_homedepot(settings, Path(homedepot_path) if homedepot_path else None, gate=judgments_gate)
         tables = catalog_dir(settings, QUERIES)
-        gates = [gate_judgments(settings, tables / "judgments.parquet", tables / "products.parquet").to_dict()]
         events = VersionedDir(settings.events_dir / QUERIES).current()
         if events is not None:
             gates.append(gate_events(settings, events, tables / "products.parquet").to_dict())

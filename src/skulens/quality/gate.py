@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from skulens.settings import Settings
 
 
@@ -99,9 +97,13 @@ def _context(settings: Settings):  # noqa: ANN202 - GX types
     return context
 
 
-def run_gate(settings: Settings, suite_name: str, frame: pd.DataFrame, *, dataset: str,
+def run_gate(settings: Settings, suite_name: str, frame: Any, *, dataset: str,
              raise_on_failure: bool = True) -> GateResult:
-    """Validate ``frame`` with ``expectations/<suite_name>.json``; raise QualityGateError on failure."""
+    """Validate ``frame`` with ``expectations/<suite_name>.json``; raise QualityGateError on failure.
+
+    ``frame`` is a pandas DataFrame (small tables) or a Spark DataFrame: a Spark output is validated
+    by GX's Spark data source where it lies (the expectations run as Spark jobs; only their
+    results and a few unexpected examples reach the driver), never collected into driver pandas."""
     import great_expectations as gx
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -117,7 +119,9 @@ def run_gate(settings: Settings, suite_name: str, frame: pd.DataFrame, *, datase
     suite = context.suites.add_or_update(gx.ExpectationSuite(name=suite_name, expectations=expectations))
     # One data source, asset, validation and checkpoint per suite, replaced on every run, so that
     # the stored context never refers to a dataset of an earlier run; the dataset is the run name.
-    source = context.data_sources.add_or_update_pandas(name=f"skulens_{suite_name}")
+    spark = _is_spark(frame)
+    source = (context.data_sources.add_or_update_spark(name=f"skulens_spark_{suite_name}") if spark
+              else context.data_sources.add_or_update_pandas(name=f"skulens_{suite_name}"))
     batch = source.add_dataframe_asset(name=suite_name).add_batch_definition_whole_dataframe("whole")
     validation = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
@@ -145,8 +149,13 @@ def run_gate(settings: Settings, suite_name: str, frame: pd.DataFrame, *, datase
         })
     docs = settings.reports_dir / "gx_docs" / "index.html"
     result = GateResult(suite=suite_name, dataset=dataset, success=bool(outcome.success),
-                        evaluated=len(run_results.results), rows=len(frame), failures=failures,
+                        evaluated=len(run_results.results), rows=frame.count() if spark else len(frame),
+                        failures=failures,
                         docs_index=str(docs) if docs.exists() else None)
     if not result.success and raise_on_failure:
         raise QualityGateError(result)
     return result
+
+
+def _is_spark(frame: Any) -> bool:
+    return type(frame).__module__.startswith("pyspark.")

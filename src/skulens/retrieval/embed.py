@@ -16,6 +16,7 @@ The mapper takes a batch of columns and returns one, so the same object runs loc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -123,7 +124,7 @@ def embed_catalog(products: pa.Table, mapper: EmbeddingMapper, target: Path, *, 
         parts.append(mapper({"product_id": ids[s:s + batch_size], "title": titles[s:s + batch_size],
                              "image_uri": images[s:s + batch_size], "shard_key": keys[s:s + batch_size]}))
     cat = {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray)
-               else sum((list(p[k]) for p in parts), [])) for k in parts[0]} if parts else {}
+               else list(itertools.chain.from_iterable(p[k] for p in parts))) for k in parts[0]} if parts else {}
     table = pa.table({
         "product_id": pa.array(cat.get("product_id", []), pa.string()),
         "shard_key": pa.array(cat.get("shard_key", []), pa.string()),

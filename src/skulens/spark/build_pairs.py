@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -151,22 +152,26 @@ def write_shards(image_text: DataFrame, folder: Path, options: PairOptions) -> N
     samples = image_text.groupBy("split", "product_id", "image_uri", "category_leaf").agg(
         F.map_from_entries(F.collect_list(F.struct("view", "text"))).alias("texts"))
     for split in ("train", "val", "test"):
-        target = folder / split
-        target.mkdir(parents=True, exist_ok=True)
+        base = f"{str(folder).rstrip('/')}/{split}"
+        fs, root = fsspec.core.url_to_fs(base)
+        fs.makedirs(root, exist_ok=True)
         part = samples.where(F.col("split") == split) \
             .repartition(options.shards_per_split, "product_id").sortWithinPartitions("product_id")
-        base = str(target)
 
         def write_partition(index: int, rows, base: str = base):  # noqa: ANN001 - Spark iterator
-            path = Path(base) / f"shard-{index:05d}.tar"
+            # Executors write (and read photos) through fsspec: a local folder here, an object
+            # store (s3://...) or any mounted filesystem on a cluster without a shared disk.
+            import fsspec
+
             count = 0
-            with tarfile.open(path, "w") as tar:
+            with fsspec.open(f"{base}/shard-{index:05d}.tar", "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
                 for row in rows:
                     key = f"{row['product_id']}"
                     meta = json.dumps({"product_id": row["product_id"], "category": row["category_leaf"],
                                        "texts": dict(row["texts"])}, sort_keys=True).encode()
-                    for name, payload in ((f"{key}.jpg", Path(row["image_uri"]).read_bytes()),
-                                          (f"{key}.json", meta)):
+                    with fsspec.open(row["image_uri"], "rb") as photo:
+                        image = photo.read()
+                    for name, payload in ((f"{key}.jpg", image), (f"{key}.json", meta)):
                         info = tarfile.TarInfo(name)
                         info.size = len(payload)
                         info.mtime = 0  # deterministic archives
@@ -177,15 +182,23 @@ def write_shards(image_text: DataFrame, folder: Path, options: PairOptions) -> N
         part.rdd.mapPartitionsWithIndex(write_partition).collect()  # only per-shard counts return
 
 
+def _event_files(events: Path | str) -> list[str]:
+    """The date-partitioned event files under ``events`` (a local folder or an fsspec URL)."""
+    fs, root = fsspec.core.url_to_fs(str(events))
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    files = sorted(fs.glob(f"{root.rstrip('/')}/dt=*/*.parquet"))
+    return files if protocol in ("file", "local") else [f"{protocol}://{f}" for f in files]
+
+
 def run_build_pairs(spark: SparkSession, settings: Settings, run_id: str, *, prepared: Path,
                     judgments: Path, events: Path | None = None,
                     options: PairOptions | None = None) -> dict[str, Any]:
     """Build all pairs into the staged ``run_id``; return the summary (also ``summary.json``)."""
-    options = options or PairOptions()
+    options = options or PairOptions(shards_per_split=settings.spark.shards_per_split)
     catalog = spark.read.parquet(str(prepared / "catalog"))
     judged = spark.read.parquet(str(judgments))
-    clicks = spark.read.parquet(*[str(p) for p in sorted(Path(events).glob("dt=*/*.parquet"))]) \
-        if events and any(Path(events).glob("dt=*/*.parquet")) else None
+    event_files = _event_files(events) if events else []
+    clicks = spark.read.parquet(*event_files) if event_files else None
     staging = pairs_store(settings).begin(run_id)
 
     image_text_pairs(catalog, options).write.mode("overwrite").partitionBy("split") \

@@ -33,5 +33,10 @@ def spark_session(settings: Settings, app_name: str | None = None,
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
+    if session.sparkContext.getCheckpointDir() is None:
+        # Reliable checkpoints (iterative jobs cut their lineage here); on a cluster this must be
+        # shared storage every executor reaches (spark.checkpoint_dir).
+        folder = settings.spark.checkpoint_dir or str(settings.home / "spark" / "checkpoints")
+        session.sparkContext.setCheckpointDir(folder)
     return session
 
