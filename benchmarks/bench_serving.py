@@ -148,10 +148,9 @@ def photos(home: Path, count: int) -> list[str]:
     return [base64.b64encode(Path(u).read_bytes()).decode() for u in random.Random(1).sample(uris, count)]
 
 
-def start(home: Path, port: int, rerank_top_k: int | None = None) -> subprocess.Popen:
-    env = {**os.environ, "SKULENS_HOME": str(home), "SKULENS_PROGRESS": "0", "SKULENS_ADMIN_KEY": ADMIN_KEY}
-    if rerank_top_k is not None:
-        env["SKULENS__SERVING__RERANK_TOP_K"] = str(rerank_top_k)
+def start(home: Path, port: int, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "SKULENS_HOME": str(home), "SKULENS_PROGRESS": "0", "SKULENS_ADMIN_KEY": ADMIN_KEY,
+           **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "skulens", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
@@ -199,7 +198,7 @@ def run_size(label: str, home: Path, args: argparse.Namespace) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    server = start(home, port, args.rerank_top_k)
+    server = start(home, port)
     try:
         started = time.perf_counter()
         ready_s = wait_ready(base, timeout_s=600, alive=lambda: server.poll() is None)
@@ -244,7 +243,6 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["bundled", "1000000"])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rerank-top-k", type=int, default=None, help="override serving.rerank_top_k (20)")
     parser.add_argument("--report", default="serving", help="docs/benchmarks/<report>.md")
     args = parser.parse_args()
     from skulens.settings import load_settings
@@ -256,7 +254,7 @@ def main() -> None:
         home = settings.home if size == "bundled" else scaled_home(int(size))
         report["sizes"][size] = run_size(size, home, args)
     report["written_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    extra = f" --rerank-top-k {args.rerank_top_k} --report {args.report}" if args.rerank_top_k else ""
+    extra = f" --report {args.report}" if args.report != "serving" else ""
     lines = ["# Search service under load", "",
              f"Command: `.venv/bin/python benchmarks/bench_serving.py --sizes {' '.join(args.sizes)} --seconds "
              f"{args.seconds:g} --concurrency {args.concurrency}{extra}`  ", f"Machine: {report['machine']}  ",
@@ -264,7 +262,8 @@ def main() -> None:
              "`skulens serve` (BentoML, one worker) on loopback, driven by an asyncio httpx client on the same 2 "
              "cores. Queries are attribute-derived, not real shopper queries; 1M = the fashion catalogue scaled by "
              "perturbed copies (see the script's docstring). Default budget: 150 ms in all, per-stage timeouts; "
-             f"the cross-encoder reranks the top {args.rerank_top_k or 20} (each distinct title once) and is shed "
+             "the cross-encoder reranks as deep as the index version's learned ranking policy says (each "
+             "distinct title once) and is shed "
              "while more than 4 searches are in flight.", ""]
     for size, res in report["sizes"].items():
         lines += [f"## {size} products (ready in {res['ready_s']} s, local LLM tier loaded at {res['warm_s']} s)",

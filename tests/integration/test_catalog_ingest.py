@@ -274,6 +274,10 @@ def test_eval_and_live_updates_on_the_published_index(settings_at):
     assert served["versions"]["ranking"].startswith("fusion weight") and "held-out" in served["queries"]
     assert {"nDCG@10", "judged@10"} <= set(served["metrics"])
     assert "image_to_image" in report["fashion"] and "hybrid_weighted" in report["fashion"]["text_to_image"]["clean"]
+    # Query forms training never used: held-out display names and a disjoint template, judged@10 beside.
+    t2i = report["fashion"]["text_to_image"]
+    assert {"display_names", "other_template"} <= set(t2i)
+    assert all("judged@10" in row for row in t2i["display_names"].values())
     assert (settings_at.home / "reports" / "eval" / "latest.md").read_text().startswith("# skulens eval")
 
     store = index_store(settings_at, "fashion")
