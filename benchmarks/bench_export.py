@@ -91,7 +91,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="skulens-bench-export-"))
     paths = export_two_tower(tower, work)
     text_int8 = quantize_dynamic_int8(paths["text"], work / "text.int8.onnx")
-    text_int8_ffn = quantize_dynamic_int8(paths["text"], work / "text.int8-ffn-out-fp32.onnx",
+    text_int8_ffn = quantize_dynamic_int8(paths["text"], work / "text.int8-ffn-fp32.onnx",
                                           keep_fp32=ffn_projections(paths["text"]))
     image_static = quantize_static_int8(paths["image"], work / "image.int8-static.onnx", "pixels",
                                         [pixels[64:80], pixels[80:96]])
@@ -116,12 +116,12 @@ def main() -> None:
         "torch fp32": torch_text,
         "ONNX fp32": lambda x: run(sess["text_fp32"], input_ids=x),
         "ONNX INT8 (dynamic)": lambda x: run(sess["text_int8"], input_ids=x),
-        "ONNX INT8 (dynamic, FFN output fp32)": lambda x: run(sess["text_int8_ffn"], input_ids=x),
+        "ONNX INT8 (dynamic, whole FFN fp32)": lambda x: run(sess["text_int8_ffn"], input_ids=x),
     }, tokens[:1], tokens[:32], args.repeats)
     rows += measure("image tower", {
         "torch fp32": torch_image,
         "ONNX fp32": lambda x: run(sess["image_fp32"], pixels=x),
-        "ONNX INT8 (static QDQ)": lambda x: run(sess["image_static"], pixels=x),
+        "ONNX INT8 (static QDQ, stem + stages 0-1 fp32)": lambda x: run(sess["image_static"], pixels=x),
         "ONNX INT8 (dynamic)": lambda x: run(sess["image_dynamic"], pixels=x),
     }, pixels[:1], pixels[:32], args.repeats)
 
@@ -130,9 +130,10 @@ def main() -> None:
 
     ref_t, ref_i = run(sess["text_fp32"], input_ids=tokens[:64]), run(sess["image_fp32"], pixels=pixels[:64])
     parity["text tower ONNX INT8 (dynamic)"] = cos(ref_t, run(sess["text_int8"], input_ids=tokens[:64]))
-    parity["text tower ONNX INT8 (dynamic, FFN output fp32)"] = cos(ref_t, run(sess["text_int8_ffn"],
+    parity["text tower ONNX INT8 (dynamic, whole FFN fp32)"] = cos(ref_t, run(sess["text_int8_ffn"],
                                                                              input_ids=tokens[:64]))
-    parity["image tower ONNX INT8 (static QDQ)"] = cos(ref_i, run(sess["image_static"], pixels=pixels[:64]))
+    parity["image tower ONNX INT8 (static QDQ, stem + stages 0-1 fp32)"] = cos(
+        ref_i, run(sess["image_static"], pixels=pixels[:64]))
     parity["image tower ONNX INT8 (dynamic)"] = cos(ref_i, run(sess["image_dynamic"], pixels=pixels[:64]))
 
     rr_dir = args.reranker

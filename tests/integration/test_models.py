@@ -110,7 +110,10 @@ def test_tiny_training_resumes_evaluates_and_exports(settings_at, home, tmp_path
     baselines = {row["baseline"] for row in evaluated["lift"]}
     assert baselines == {"untrained_projections", "text_only_minilm"}
     assert set(evaluated["test"]) == {"trained", "untrained_projections", "text_only_minilm"}
-    assert 0 <= evaluated["test"]["trained"]["image_only_nDCG@10"] <= 1
+    # The tiny random-init model is a plumbing test (the offline model's margins over its baselines
+    # are asserted in the integration chain); here training must at least have changed the model.
+    assert evaluated["test"]["trained"] != evaluated["test"]["untrained_projections"]
+    assert all(row["after"] is not None for row in evaluated["lift"])
 
     products = read_table(settings_at, "fashion", "products")
     test = load_split(pairs, products, "test")
@@ -176,7 +179,10 @@ def test_reranker_trains_evaluates_and_exports(settings_at, home, tmp_path):
     assert scores.shape == (2,)
     evaluated = evaluate_reranker(settings_at, cfg, model_dir=tmp_path / "rr" / "model", pairs_dir=pairs)
     assert set(evaluated["test"]) == {"bm25", "bi_encoder_minilm", "cross_encoder"}
-    assert all(0 <= m["nDCG@10"] <= 1 for m in evaluated["test"].values())
+    # BM25 on the held-out queries' judged candidates scores about 0.945 at full size (docs/models.md):
+    # far below that, the evaluation itself would be broken; and it must tell the scorers apart.
+    assert evaluated["test"]["bm25"]["nDCG@10"] > 0.85
+    assert len({round(m["nDCG@10"], 6) for m in evaluated["test"].values()}) > 1
     decision = export_reranker_gated(tmp_path / "rr" / "model", tmp_path / "rr-onnx",
                                      groups=dict(list(test_groups(settings_at, cfg, pairs).items())[:5]),
                                      parity=settings_at.models.parity, max_length=cfg.max_length)

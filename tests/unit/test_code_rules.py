@@ -93,3 +93,27 @@ def test_the_layer_check_sees_an_import_inside_a_function(tmp_path, monkeypatch)
     (fake / "retrieval" / "x.py").write_text("def f():\n    from skulens.pipelines.build_index import embed\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert _upward_imports() == ["retrieval/x.py:2: retrieval imports skulens.pipelines.build_index"]
+
+
+def test_every_lazy_import_of_skulens_names_something_that_exists():
+    """Imports inside functions run only when the function does: check that each ``from skulens.x
+    import y`` anywhere in the package, the apps and the benchmarks names a module or attribute that
+    exists (a moved function must not break a stage that only the DAG runs)."""
+    import importlib
+
+    missing = []
+    roots = [PACKAGE, *(PROJECT_ROOT / app for app in (*APPS, "benchmarks"))]
+    for root in roots:
+        for path in root.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("skulens")):
+                    continue
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}: "
+                                           f"{node.module}.{alias.name}")
+    assert missing == []

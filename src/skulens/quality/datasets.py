@@ -80,6 +80,13 @@ def _spark(settings: Settings) -> Any:
     return spark_session(settings, "quality_gates")
 
 
+def gate_judgments(settings: Settings, judgments: Path, products: Path) -> GateResult:
+    """``judgments`` on a catalogue's canonical judgments (a table small enough for pandas)."""
+    frame = pd.read_parquet(judgments)
+    frame["product_known"] = _product_known(frame, products)
+    return run_gate(settings, "judgments", frame, dataset=str(judgments.parent.name))
+
+
 def gate_events(settings: Settings, events: Path, products: Path) -> GateResult:
     """``events`` on a folder of date-partitioned events (file order is the log order)."""
     frame = _read(events, ["event_id", "ts", "session_id", "product_id", "event_type", "position"])
