@@ -169,7 +169,11 @@ class GateRule(_Model):
 
 class ParitySettings(_Model):
     min_cosine: float = Field(0.99, gt=0, le=1)  # encoders: INT8 vs fp32 embeddings
-    max_recall_drop: float = Field(0.005, ge=0)
+    max_recall_drop: float = Field(0.005, ge=0)  # encoders: a recall@10 drop up to this always passes
+    # A larger drop fails when it is significant (one-sided exact McNemar test at this level) or above
+    # the hard limit; see skulens.export.parity._retrieval_holds.
+    recall_drop_alpha: float = Field(0.05, gt=0, lt=1)
+    max_recall_drop_hard: float = Field(0.02, ge=0)
     min_rank_corr: float = Field(0.9, gt=0, le=1)  # reranker: Kendall tau of INT8 vs fp32 orders, per query
 
 

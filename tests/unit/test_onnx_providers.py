@@ -52,3 +52,28 @@ def test_this_runtime_runs_a_session_on_what_it_has(tmp_path):
     expected = "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() \
         else "CPUExecutionProvider"
     assert providers_of(session(path))[0] == expected
+
+
+def test_the_retrieval_check_refuses_real_losses_not_boundary_flips():
+    import numpy as np
+
+    from skulens.export.parity import _retrieval_holds
+    from skulens.settings import ParitySettings
+
+    parity = ParitySettings()
+    base = np.zeros(512, bool)
+    base[:334] = True  # recall@10 0.652, as on the fashion parity pairs
+    flips = base.copy()
+    flips[[0, 1, 2, 3, 4, 5, 6, 7]] = False  # 8 queries lost ...
+    flips[[400, 401]] = True  # ... 2 gained: a 0.0117 drop, within what boundary flips do
+    ok, detail = _retrieval_holds(base, flips, parity)
+    assert ok and "8 queries lost, 2 gained" in detail
+    loss = base.copy()
+    loss[:9] = False  # 9 lost, none gained: a real loss (p = 0.002)
+    assert not _retrieval_holds(base, loss, parity)[0]
+    big = base.copy()
+    big[:40] = False
+    big[400:420] = True  # 0.039 net: above the hard limit, whatever the test says
+    ok, detail = _retrieval_holds(base, big, parity)
+    assert not ok and "hard limit" in detail
+    assert _retrieval_holds(base, base, parity)[0]
