@@ -67,7 +67,7 @@ def test_the_retrieval_check_refuses_real_losses_not_boundary_flips():
     flips[[0, 1, 2, 3, 4, 5, 6, 7]] = False  # 8 queries lost ...
     flips[[400, 401]] = True  # ... 2 gained: a 0.0117 drop, within what boundary flips do
     ok, detail = _retrieval_holds(base, flips, parity)
-    assert ok and "8 queries lost, 2 gained" in detail
+    assert ok is True and "8 queries lost, 2 gained" in detail  # a plain bool: it goes into export.json
     loss = base.copy()
     loss[:9] = False  # 9 lost, none gained: a real loss (p = 0.002)
     assert not _retrieval_holds(base, loss, parity)[0]

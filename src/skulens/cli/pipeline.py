@@ -54,6 +54,8 @@ BUILD_INDEX_DETAILS = {
                         f"model {r.get('model_version')}"),
     "build_vector": lambda r: f"recall@10 {r.get('recall@10')}, shards {r.get('shards')}",
     "build_lexical": lambda r: f"{r.get('documents', 0):,} documents",
+    "learn_ranking": lambda r: (f"fusion weight {r.get('fusion_weight')}, rerank top {r.get('rerank_depth')} "
+                                f"blend {r.get('rerank_blend')} ({r.get('learned_on')})"),
     "publish": lambda r: f"version {r.get('version')} (previous {r.get('previous')})",
 }
 

@@ -74,13 +74,13 @@ def _retrieval_holds(fp32_hits: np.ndarray, int8_hits: np.ndarray, parity: Parit
     n = len(fp32_hits)
     lost, gained = int((fp32_hits & ~int8_hits).sum()), int((~fp32_hits & int8_hits).sum())
     drop = (lost - gained) / n if n else 0.0
-    p_value = binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue if lost + gained else 1.0
+    p_value = float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue) if lost + gained else 1.0
     detail = f"recall@10 drop {drop:.4f} ({lost} queries lost, {gained} gained of {n}; McNemar p={p_value:.3f})"
     if drop <= parity.max_recall_drop:
         return True, detail
     if drop > parity.max_recall_drop_hard:
         return False, f"{detail} > {parity.max_recall_drop_hard} (hard limit)"
-    return p_value >= parity.recall_drop_alpha, detail
+    return bool(p_value >= parity.recall_drop_alpha), detail
 
 
 def _rank_correlation(groups: dict[str, list], a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
