@@ -66,3 +66,9 @@ def test_dense_run_is_exact_top_k_and_excludes_self():
     run = dense_run(["a", "b"], docs[:2], ["a", "b", "c", "d"], docs, k=2, exclude=["a", None])
     assert "a" not in run["a"] and list(run["b"])[0] == "b"
     assert all(len(v) == 2 for v in run.values())
+
+
+def test_judged_share_of_a_query_that_retrieved_nothing_is_zero_not_an_error():
+    qrels = {"a": {"d1": 1}, "b": {"d2": 1}}
+    scores = evaluate(qrels, {"a": {"d1": 1.0, "x": 0.5}, "b": {}}, ["nDCG@10", "Judged@10"])
+    assert scores == {"nDCG@10": 0.5, "Judged@10": 0.25}

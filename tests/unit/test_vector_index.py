@@ -36,6 +36,13 @@ def test_build_shards_route_and_pass_the_recall_gate():
     assert index.search(vectors[450:451], k=1)[0][0][0] == "p450"
 
 
+def test_a_catalogue_smaller_than_k_can_pass_the_gate():
+    """Five products: every one found is recall 1.0 (it was scored 5/10 and refused)."""
+    ids, vectors, keys = _clustered()
+    index = ShardedVectorIndex.build(ids[:5], vectors[:5], keys[:5], VectorIndexConfig(min_shard_size=1))
+    assert index.manifest["recall@10"] == 1.0
+
+
 def test_recall_gate_refuses_a_bad_build():
     ids, vectors, keys = _clustered()
     bad = VectorIndexConfig(min_shard_size=100, route_top_n=1, route_margin=0.0, m=4, ef_search=1,

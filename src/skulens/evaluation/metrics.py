@@ -23,8 +23,15 @@ def evaluate(qrels: Qrels, run: Run, measures: Sequence[str]) -> dict[str, float
     name = {str(p): m for m, p in parsed.items()}  # ir-measures prints defaults away: RR(rel=1) is "RR"
     judged = {q: docs for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
     per_query: dict[str, dict[str, float]] = {m: {} for m in measures}
-    for metric in ir_measures.iter_calc(list(parsed.values()), judged, {q: run.get(q, {}) for q in judged}):
-        per_query[name[str(metric.measure)]][metric.query_id] = float(metric.value)
+    runs = {q: run.get(q, {}) for q in judged}
+    # Judged@k divides by what the query retrieved: a query that retrieved nothing scores 0 here
+    # (ir-measures would divide by zero).
+    judged_share = [p for m, p in parsed.items() if m.startswith("Judged")]
+    others = [p for m, p in parsed.items() if not m.startswith("Judged")]
+    for measures_, subset in ((others, runs), (judged_share, {q: r for q, r in runs.items() if r})):
+        if measures_:
+            for metric in ir_measures.iter_calc(measures_, judged, subset):
+                per_query[name[str(metric.measure)]][metric.query_id] = float(metric.value)
     return {m: (sum(per_query[m].values()) / len(judged)) if judged else 0.0 for m in measures}
 
 

@@ -388,10 +388,13 @@ def recall_against_exact(search: Any, vectors: np.ndarray, ids: Sequence[str], k
     probes = _normalise(vectors[sample] + noise)
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
-    scores, _ = exact.search(probes, k)
+    # A catalogue smaller than k has only len(vectors) right answers per query (exact search pads
+    # the rest), so recall is over what can be found: 5 products found of 5 is 1.0, not 0.5.
+    reachable = min(k, len(vectors))
+    scores, _ = exact.search(probes, reachable)
     row = {pid: i for i, pid in enumerate(ids)}
     hits = 0
     for q, kth, got in zip(probes, scores[:, -1], search(probes, k), strict=True):
         true = [float(vectors[row[pid]] @ q) for pid, _ in got]
-        hits += min(k, sum(t >= kth - 1e-5 for t in true))
-    return float(hits / (len(sample) * k))
+        hits += min(reachable, sum(t >= kth - 1e-5 for t in true))
+    return float(hits / (len(sample) * reachable))
