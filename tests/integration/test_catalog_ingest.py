@@ -358,7 +358,11 @@ def test_skulens_serve_answers_every_endpoint_and_the_web_page_works(settings_at
         assert len(body["items"]) == 3 and body["query"] == "blue shirt", body
         assert body["versions"]["embedder"] == "skulens-embedder/1" and body["variant"] == "control"
         if _reranker_runs(body["versions"]):
-            assert "int8" in body["versions"]["reranker"] and all("rerank" in i["scores"] for i in body["items"])
+            # The file served is the one the export's parity gate chose: INT8 when it passed.
+            latest = json.loads((settings_at.reports_dir / "train_and_export" / "latest.json").read_text())
+            int8 = latest["stages"]["export_reranker"]["result"]["int8_served"]
+            assert ("int8" in body["versions"]["reranker"]) == int8, (body["versions"], int8)
+            assert all("rerank" in i["scores"] for i in body["items"])
         else:
             assert body["versions"]["reranker"].startswith("none:") or "not run" in body["versions"]["reranker"]
         products = pq.read_table(index_store_path(settings_at) / "products.parquet",
