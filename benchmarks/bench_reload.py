@@ -99,7 +99,8 @@ def main() -> None:
               "reloads": args.reloads, "shoppers": args.shoppers, "reload_seconds": reload_s, "responses": counts}
     during = counts["reloading"]
     lines = ["# Reloads under load", "",
-             f"Command: `.venv/bin/python benchmarks/bench_reload.py --reloads {args.reloads}`  ",
+             f"Command: `.venv/bin/python benchmarks/bench_reload.py --reloads {args.reloads}"
+             f"{f' --home {args.home}' if args.home else ''}`  ",
              f"Machine: {report['machine']}  ", f"Written: {report['written_at']}", "",
              f"`skulens serve` on the published {settings.retrieval.catalog} index, {args.shoppers} shoppers searching "
              f"without pause (catalogue titles as queries), {args.reloads} `/admin/reload` calls of the control "

@@ -16,6 +16,7 @@ from skulens.pipelines.build_index import index_store, rollback
 from skulens.retrieval.filters import FilterColumns, Filters
 from skulens.retrieval.lexical import BM25Index
 from skulens.retrieval.live import LiveIndex, UpdateLog, compact
+from skulens.retrieval.ranking import RankingPolicy
 from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
 
 DIM = 16
@@ -52,6 +53,7 @@ def published(settings):
     ShardedVectorIndex.build(ids, vectors, keys, config, model_version="m/1",
                              columns=FilterColumns.from_products(products)).save(staging / "vector")
     BM25Index.build(products, folder=staging / "lexical")
+    RankingPolicy(fusion_weight=0.3, rerank_depth=10, rerank_blend=0.5, learned_on="toy queries").save(staging)
     (staging / "manifest.json").write_text(json.dumps({"version": "v1", "previous": None, "updates_through": 0}))
     store.commit("v1")
     return store
@@ -84,6 +86,9 @@ def test_upserts_and_deletes_are_searchable_at_once_and_survive_compaction_and_r
     assert summary["log_entries_pruned"] == 0  # v1 (kept for rollback) has not folded the log in
     reloaded = LiveIndex.open(published.root)
     assert reloaded.version.name == "v2" and not reloaded.tombstones and not reloaded.delta.rows
+    carried = RankingPolicy.load(reloaded.version)  # the learned ranking travels with the compacted version
+    assert (carried.fusion_weight, carried.rerank_depth, carried.rerank_blend) == (0.3, 10, 0.5)
+    assert carried.learned_on == "toy queries (carried over by compaction from v1)"
     check(reloaded)
     assert compact(settings, "shop")["compacted"] is False  # nothing new to fold
 

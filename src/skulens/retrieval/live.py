@@ -315,6 +315,7 @@ def compact(settings: Any, catalog: str, run_id: str | None = None) -> dict[str,
                 "vector": {k: vector.manifest[k] for k in ("vectors", "shards", "recall@10", "build_s")},
                 "lexical": {"documents": lexical.documents}, "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    _carry_ranking(live.version, staging)
     store.commit(version, keep=settings.retrieval.keep_versions)
     # Entries every kept version has folded in are no longer needed, whatever rollback happens.
     folded = [json.loads((store.versions / v / "manifest.json").read_text(encoding="utf-8")).get("updates_through", 0)
@@ -324,6 +325,18 @@ def compact(settings: Any, catalog: str, run_id: str | None = None) -> dict[str,
             "log_entries_pruned": pruned,
             "removed": len(live.tombstones), "upserted": len(delta_ids), "recall@10": vector.manifest["recall@10"],
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _carry_ranking(base: Path, staging: Path) -> None:
+    """The base version's learned ranking policy, carried into the compacted version (the same
+    encoder and reranker; a few changed products do not re-learn it), saying where it came from."""
+    from dataclasses import replace
+
+    from skulens.retrieval.ranking import FILE, RankingPolicy
+
+    if (base / FILE).is_file():
+        policy = RankingPolicy.load(base)
+        replace(policy, learned_on=f"{policy.learned_on} (carried over by compaction from {base.name})").save(staging)
 
 
 def _write_embeddings(path: Path, ids: list[str], vectors: np.ndarray, keys: list[str | None]) -> None:
