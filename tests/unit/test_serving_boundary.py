@@ -220,3 +220,38 @@ def test_reloads_under_load_drain_the_old_variant_and_degrade_nothing(client):  
     assert [r for r in results if r[1] or r[2] != 3] == []  # no fallback, no short page
     old = client.state_obj.variants["control"].pipeline
     assert old.inflight == 0
+
+
+def test_a_slow_encoder_and_a_slow_store_under_concurrent_searches_still_fill_every_page(client):  # noqa: F811
+    """Four searches at once, an encoder that takes 10 ms (on time) and a vector store that takes
+    200 ms, against 40 ms stage timeouts: every page comes back full, from BM25, flagged
+    lexical_only (the retrieval stage, not the encoder, was late)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipeline = client.state_obj.variants["control"].pipeline
+    encoder, store = pipeline.encoder, pipeline.store
+
+    class SlowEncoder:
+        def encode_texts(self, texts):
+            time.sleep(0.01)
+            return encoder.encode_texts(texts)
+
+        def encode_images(self, images):
+            return encoder.encode_images(images)
+
+    class SlowStore:
+        vectors = store.vectors
+
+        def search(self, *args, **kwargs):
+            time.sleep(0.2)
+            return store.search(*args, **kwargs)
+
+    pipeline.encoder, pipeline.store = SlowEncoder(), SlowStore()
+    pipeline._vectors.clear()
+    queries = [f"{c} {k}" for c in ("red", "blue", "green", "black") for k in ("shirt", "dress", "handbag")]
+    with ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(lambda q: client.post("/search", json={"text": q, "k": 3}).json(), queries))
+    assert all(len(b["items"]) == 3 for b in bodies), [b["fallbacks"] for b in bodies]
+    assert all("lexical_only" in b["fallbacks"] and "retrieval_failed" not in b["fallbacks"] for b in bodies)
+    late = [s for b in bodies for s in b["stages"] if s["name"] == "retrieve" and s["status"] == "fallback"]
+    assert late and all("dense: late" in s["detail"] for s in late)  # the store, not the encoder, was late
