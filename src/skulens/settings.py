@@ -268,7 +268,8 @@ class ServingSettings(_Model):
     # Zero-result recovery (the LLM cascade past tier 0) has its own budget: an empty page is worse
     # than a slower one.
     recovery_budget_ms: float = Field(3000.0, ge=0)
-    # How many retrieved products the cross-encoder reranks (its cost grows with it).
+    # The deepest rerank learn_ranking may choose (its cost grows with it); the served depth is the
+    # index version's learned policy (ranking.json).
     rerank_top_k: int = Field(20, ge=1, le=200)
     # Drop a result whose vector has this cosine with a better one (the same product twice); null keeps all.
     collapse_threshold: float | None = Field(0.995, gt=0, le=1)

@@ -5,9 +5,6 @@ No injected script may run: each payload would mark ``<body data-pwned>`` if it 
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from urllib.parse import quote
 
 import httpx
@@ -15,6 +12,7 @@ import pytest
 
 from skulens.serving.app import create_app
 from tests.support.browser import chromium, render
+from tests.support.live_server import serve_app
 from tests.unit.test_serving_app import client  # noqa: F401 - the fixture
 from tests.unit.test_serving_pipeline import parts  # noqa: F401 - the fixture
 
@@ -26,27 +24,10 @@ SCRIPT = "<script>document.body.dataset.pwned=1</script>"
 
 @pytest.fixture
 def served_page(client):  # noqa: F811 - the fake catalogue's state, served over HTTP by uvicorn
-    import uvicorn
-
     state = client.state_obj
     state.variants["control"].pipeline.titles["p0"] = f"{PAYLOAD}{SCRIPT} red shirt"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(lambda: state), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(create_app(lambda: state)) as base:
+        yield base
 
 
 def test_hostile_titles_queries_and_parameters_stay_text(served_page, tmp_path):

@@ -3,14 +3,13 @@ by build_index's notify_serving POST, which carries the admin key."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import httpx
 import pytest
 
 from skulens.pipelines.build_index import _post_reload
+from tests.support.live_server import serve_app
 from tests.unit.test_serving_app import KEY, client  # noqa: F401 - the fixture
 from tests.unit.test_serving_pipeline import parts  # noqa: F401 - the fixture
 
@@ -51,24 +50,8 @@ def test_the_watcher_thread_reloads_within_its_interval(client):  # noqa: F811
 
 @pytest.fixture
 def live_service(client):  # noqa: F811
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz")
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", client.state_obj
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(client.app) as base:
+        yield base, client.state_obj
 
 
 def test_notify_serving_posts_the_reload_with_the_admin_key(live_service, settings, monkeypatch):

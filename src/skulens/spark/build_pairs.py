@@ -35,7 +35,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from skulens.settings import Settings
-from skulens.storage.layout import pairs_store  # noqa: F401 - re-exported
+from skulens.storage.layout import pairs_store
 
 
 @dataclass(frozen=True)

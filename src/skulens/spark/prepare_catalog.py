@@ -34,7 +34,7 @@ from skulens.settings import Settings
 from skulens.spark.graph import connected_components
 from skulens.spark.lsh import title_similarity_join
 from skulens.spark.photos import PHOTO_SCHEMA, photo_checker
-from skulens.storage.layout import prepared_store  # noqa: F401 - re-exported
+from skulens.storage.layout import prepared_store
 
 
 @dataclass(frozen=True)
