@@ -51,6 +51,19 @@ ensure_chromium() {
   fi
 }
 
+ensure_promtool() {
+  # Debian's prometheus package brings promtool, which checks and unit-tests the alert rules in
+  # deploy/prometheus. Optional like Chromium: without it those two tests are skipped locally.
+  if command -v promtool >/dev/null 2>&1 || [ -n "${SKULENS_NO_PROMETHEUS:-}" ]; then return 0; fi
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
+  log "promtool not found: installing Debian's prometheus with apt (alert rule tests)"
+  if ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 ||
+         { DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq &&
+           DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; }; then
+    log "warning: prometheus could not be installed; the alert rule tests will be skipped"
+  fi
+}
+
 inputs_hash() {
   cat pyproject.toml requirements/constraints.txt requirements/lock.txt scripts/setup.sh \
     | sha256sum | cut -d' ' -f1
@@ -68,6 +81,7 @@ if [ "${1:-}" = "--check" ]; then
 fi
 ensure_java
 ensure_chromium
+ensure_promtool
 if up_to_date; then
   log "environment up to date ($VENV)"
   exit 0

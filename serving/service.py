@@ -13,15 +13,19 @@ from typing import Any
 
 import bentoml
 
+from skulens.serving.admission import AdmissionConfig
 from skulens.serving.app import create_app
 from skulens.settings import load_settings
 
 _SETTINGS = load_settings()
 _STATE: dict[str, Any] = {}
-app = create_app(lambda: _STATE.get("state"), admin_key_env=_SETTINGS.serving.admin_key_env)
+app = create_app(lambda: _STATE.get("state"), admin_key_env=_SETTINGS.serving.admin_key_env,
+                 admission=AdmissionConfig(**_SETTINGS.serving.admission.model_dump()))
 
 
-@bentoml.service(name="skulens-search", traffic={"timeout": 60})
+# workers: serving.workers (`skulens serve --workers N`); each worker process loads the state once and
+# memory-maps the index files, so the operating system keeps one copy of them for all workers.
+@bentoml.service(name="skulens-search", traffic={"timeout": 60}, workers=_SETTINGS.serving.workers)
 @bentoml.asgi_app(app, path="/")
 class SearchService:
     def __init__(self) -> None:

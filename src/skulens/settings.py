@@ -260,6 +260,19 @@ class BusinessRuleSettings(_Model):
     max_per_category: int = Field(0, ge=0)
 
 
+class AdmissionSettings(_Model):
+    max_active: int = Field(4, ge=1, le=1024)
+    max_waiting: int = Field(32, ge=0, le=100_000)
+    max_wait_ms: float = Field(250.0, ge=0)
+    retry_after_s: int = Field(1, ge=0, le=3600)
+
+
+class BatchingSettings(_Model):
+    enabled: bool = True
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_wait_ms: float = Field(0.0, ge=0, le=100)
+
+
 class ServingSettings(_Model):
     # The search request's total budget and each stage's timeout (ms); a late stage falls back.
     total_budget_ms: float = Field(150.0, gt=0)
@@ -273,8 +286,19 @@ class ServingSettings(_Model):
     rerank_top_k: int = Field(20, ge=1, le=200)
     # Drop a result whose vector has this cosine with a better one (the same product twice); null keeps all.
     collapse_threshold: float | None = Field(0.995, gt=0, le=1)
-    # Skip the reranker (flagged rerank_shed) while more searches than this are in flight; null: never.
-    shed_rerank_above: int | None = Field(4, ge=1)
+    # Skip the reranker (flagged rerank_shed) while more searches than this are in flight; null: never
+    # (the default: admission control keeps the load a worker can serve at full quality instead).
+    shed_rerank_above: int | None = Field(None, ge=1)
+    # Admission control per worker: searches run at once, searches that may wait for a slot and for
+    # how long; past that a 503 with Retry-After (degrade on purpose, visibly, not by fallbacks).
+    admission: AdmissionSettings = Field(default_factory=lambda: AdmissionSettings())
+    # Model calls of concurrent searches batched together (query encodings, reranker pairs):
+    # at most max_batch items a call; max_wait_ms holds a partial batch that long to fill it.
+    batching: BatchingSettings = Field(default_factory=lambda: BatchingSettings())
+    # Worker processes of `skulens serve` (BentoML workers); each maps the index files.
+    workers: int = Field(1, ge=1, le=64)
+    # Intra-op threads of each ONNX Runtime session in a serving worker (0: the CPU count).
+    onnx_threads: int = Field(0, ge=0, le=256)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     rules: BusinessRuleSettings = Field(default_factory=BusinessRuleSettings)
     # The environment variable holding the admin API key; admin endpoints answer 401 without it.

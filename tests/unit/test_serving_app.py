@@ -43,7 +43,8 @@ def client(parts, settings, monkeypatch, tmp_path):  # noqa: F811 - pytest fixtu
     recovery = Scripted("model", '{"query": "black handbag"}')
     published = {"version": "v1"}  # what the catalogue's CURRENT names
 
-    def loader(settings, catalog, config, *, index_version=None, reranker_version=None, cascade=None):
+    def loader(settings, catalog, config, *, index_version=None, reranker_version=None, cascade=None,
+               on_batch=None):
         if index_version == "broken":
             raise FileNotFoundError("no index version 'broken'")
         pipeline = SearchPipeline(**parts, cascade=cascade, config=config,

@@ -19,6 +19,8 @@ from skulens.cli.common import console, fail_on_errors, settings_from
 def serve_command(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    workers: Annotated[int | None, typer.Option(
+        min=1, max=64, help="Worker processes (default: serving.workers); each memory-maps the index.")] = None,
     examples: Annotated[bool, typer.Option(
         "--examples", help="Once ready, run example searches (text, photo, similar, session) and print them; "
                            "then keep serving when run from a terminal, else stop.")] = False,
@@ -32,6 +34,8 @@ def serve_command(
     url = f"http://{host}:{port}"
     console.print(f"skulens search service on {url} (index and models from {settings.home})")
     env = {**os.environ, "SKULENS_HOME": str(settings.home), "BENTOML_DO_NOT_TRACK": "True"}
+    if workers is not None:
+        env["SKULENS__SERVING__WORKERS"] = str(workers)  # read by serving/service.py's decorator
     key_env = settings.serving.admin_key_env
     if examples and not env.get(key_env):
         import secrets

@@ -16,18 +16,22 @@ import numpy as np
 
 DEVICES = ("auto", "cpu", "cuda")
 _default_device = "auto"
+_default_threads: int | None = None
 
 
 class ProviderError(RuntimeError):
     """The configured execution provider is not available in this ONNX Runtime."""
 
 
-def configure(device: str) -> None:
-    """Set the default device of later sessions (``models.onnx_device``)."""
-    global _default_device  # noqa: PLW0603 - one process-wide setting, read at session creation
+def configure(device: str, threads: int | None = None) -> None:
+    """Set the default device (``models.onnx_device``) and intra-op threads (``serving.onnx_threads``;
+    None: the CPU count) of later sessions."""
+    global _default_device, _default_threads  # noqa: PLW0603 - process-wide, read at session creation
     if device not in DEVICES:
         raise ValueError(f"onnx device must be one of {', '.join(DEVICES)}, got {device!r}")
-    _default_device = device
+    if threads is not None and threads < 1:
+        raise ValueError(f"onnx threads must be at least 1, got {threads}")
+    _default_device, _default_threads = device, threads
 
 
 def providers(device: str | None = None, available: list[str] | None = None) -> list[str]:
@@ -50,11 +54,12 @@ def providers(device: str | None = None, available: list[str] | None = None) -> 
 
 
 def session(path: Path, threads: int | None = None, device: str | None = None):  # noqa: ANN201
-    """An ONNX Runtime session of ``path`` (``threads``: intra-op threads, default the CPU count)."""
+    """An ONNX Runtime session of ``path`` (``threads``: intra-op threads, default the configured
+    number, else the CPU count)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.intra_op_num_threads = threads or _default_threads or os.cpu_count() or 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=providers(device))

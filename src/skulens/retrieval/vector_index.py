@@ -344,8 +344,12 @@ class ShardedVectorIndex:
         return folder
 
     @classmethod
-    def load(cls, folder: Path) -> ShardedVectorIndex:
-        """Load a saved index; a file whose checksum differs from the manifest is an error."""
+    def load(cls, folder: Path, mmap: bool = True) -> ShardedVectorIndex:
+        """Load a saved index; a file whose checksum differs from the manifest is an error.
+
+        ``mmap``: the shards' vector codes (the bulk of an HNSW file: 2 KB a 512-d vector against
+        about 0.3 KB of graph) are memory-mapped read-only instead of copied, so the serving
+        workers of one machine share one copy in the page cache."""
         import faiss
 
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
@@ -358,7 +362,8 @@ class ShardedVectorIndex:
         shards, shard_rows, centroids = {}, {}, {}
         for row, name in enumerate(names):
             stem = manifest["files"][name]
-            shards[name] = faiss.read_index(str(folder / f"{stem}.faiss"))
+            flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+            shards[name] = faiss.read_index(str(folder / f"{stem}.faiss"), flags)
             _set_ef(shards[name], config.ef_search)
             shard_rows[name] = np.load(folder / f"{stem}.rows.npy")
             centroids[name] = matrix[row]

@@ -29,6 +29,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import FormParser, MultiPartParser
 
 from skulens.serving import schemas
+from skulens.serving.admission import Admission, AdmissionConfig, Overloaded
 from skulens.serving.images import MAX_IMAGE_BYTES, check_image, decode_base64
 from skulens.serving.pipeline import RequestError, SearchRequest, bounded_int, parse_filters, reject_unknown
 from skulens.serving.state import ReloadError, ServingState
@@ -161,9 +162,30 @@ async def _form_fields(form: FormData) -> tuple[dict[str, Any], bytes | None]:
     return raw, (check_image(image) if image is not None else None)
 
 
-def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str = "SKULENS_ADMIN_KEY") -> FastAPI:
-    """The app over the state ``get_state()`` returns (None while loading: 503 on every endpoint)."""
+def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str = "SKULENS_ADMIN_KEY",
+               admission: AdmissionConfig | None = None) -> FastAPI:
+    """The app over the state ``get_state()`` returns (None while loading: 503 on every endpoint).
+
+    Searches and recommendations pass admission control (``admission``): past what a worker may run
+    and queue, a 503 with ``Retry-After`` (see :mod:`skulens.serving.admission`)."""
     app = FastAPI(title="skulens search", summary="Text, photo and hybrid product search", docs_url="/docs")
+    gate = Admission(admission)
+    app.state.admission = gate
+
+    async def admitted(current: ServingState, endpoint: str, run: Callable[..., Any], *args: Any) -> Any:
+        """``run(*args)`` in the thread pool once admitted; Overloaded (503) when refused."""
+        try:
+            waited = await gate.enter()
+        except Overloaded:
+            current.metrics.admission.labels(endpoint=endpoint, outcome="refused").inc()
+            raise
+        current.metrics.admission.labels(endpoint=endpoint, outcome="waited" if waited else "admitted").inc()
+        if waited:
+            current.metrics.admission_wait.observe(waited)
+        try:
+            return await run_in_threadpool(run, *args)
+        finally:
+            gate.leave()
 
     def state() -> ServingState:
         current = get_state()
@@ -177,6 +199,14 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         if current is not None:
             current.metrics.requests.labels(endpoint=request.url.path, status=str(exc.status)).inc()
         return _error(exc.status, str(exc))
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        current = get_state()
+        if current is not None:
+            current.metrics.requests.labels(endpoint=request.url.path, status="503").inc()
+        return _error(503, f"{exc.reason}; retry after {exc.retry_after_s} s",
+                      {"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(ReloadError)
     async def reload_failed(_: Request, exc: ReloadError) -> JSONResponse:
@@ -208,7 +238,7 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         current = state()
         raw, image = await _search_input(request)
         parsed = SearchRequest.parse(raw, current.config, image=image)
-        body = await run_in_threadpool(current.search, parsed)
+        body = await admitted(current, "/search", current.search, parsed)
         current.metrics.requests.labels(endpoint="/search", status="200").inc()
         return JSONResponse(body)
 
@@ -224,7 +254,7 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         filters = parse_filters(raw.get("filters"))
         k = bounded_int(raw, "k", 10, current.config.max_k)
         recommender = current.recommender(_key(raw))
-        body = await run_in_threadpool(recommender.similar, product_id, k, filters)
+        body = await admitted(current, "/recommend/similar", recommender.similar, product_id, k, filters)
         return JSONResponse(current.with_photos(body))
 
     @app.post("/recommend/session", response_model=schemas.RecommendResponse,
@@ -241,7 +271,7 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
             raise RequestError("category must be a string")
         k = bounded_int(raw, "k", 10, current.config.max_k)
         recommender = current.recommender(_key(raw))
-        body = await run_in_threadpool(recommender.session, ids, k, category)
+        body = await admitted(current, "/recommend/session", recommender.session, ids, k, category)
         if not body["items"]:
             current.metrics.zero_results.labels(endpoint="recommend_session").inc()
         return JSONResponse(current.with_photos(body))

@@ -56,8 +56,11 @@ def confined_photo(uri: str | None, root: Path | None) -> Path | None:
 
 def load_served(settings: Settings, catalog: str | None = None, config: Any = None, *,
                 index_version: str | None = None, reranker_version: int | None = None,
-                cascade: Any = None) -> Served:
-    """The pipeline over ``index_version`` (default: the published one) of ``catalog``."""
+                cascade: Any = None, on_batch: Any = None) -> Served:
+    """The pipeline over ``index_version`` (default: the published one) of ``catalog``.
+
+    With ``serving.batching.enabled`` the query encoder and the reranker batch the calls of
+    concurrent searches (:mod:`skulens.serving.batching`); ``on_batch(model, size)`` sees each batch."""
     from skulens.data.products import photo_root
     from skulens.models.onnx import configure
     from skulens.retrieval.live import LiveIndex
@@ -68,7 +71,7 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     from skulens.serving.spelling import SpellCorrector
     from skulens.storage.layout import index_store
 
-    configure(settings.models.onnx_device)
+    configure(settings.models.onnx_device, threads=settings.serving.onnx_threads or None)
     catalog = catalog or settings.retrieval.catalog
     live = LiveIndex.open(index_store(settings, catalog).root, version=index_version)
     snapshot = pq.read_table(live.version / "products.parquet",
@@ -91,6 +94,15 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
         # Learning found that the reranker does not improve this index's order: it is not run.
         reranker = None
         versions["reranker"] += " (not run: its learned blend on this index version is 0)"
+    batching = settings.serving.batching
+    if batching.enabled:
+        from skulens.serving.batching import BatchedEncoder, BatchedReranker
+
+        encoder = BatchedEncoder(encoder, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
+                                 on_batch=on_batch)
+        if reranker is not None:
+            reranker = BatchedReranker(reranker, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
+                                       on_batch=on_batch)
     kwargs = {"config": config} if config is not None else {}
     pipeline = SearchPipeline(
         lexical=live.lexical, store=live, encoder=encoder, ranking=ranking,

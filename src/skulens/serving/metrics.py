@@ -11,6 +11,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -32,6 +33,18 @@ class ServingMetrics:
         self.llm_tokens = factory.Counter("skulens_llm_tokens", "LLM tokens", ["tier", "direction"], **extra)
         self.llm_cost = factory.Counter("skulens_llm_cost_usd", "LLM spend in USD", ["tier"], **extra)
         self.reloads = factory.Counter("skulens_reloads", "Admin reloads", ["target", "outcome"], **extra)
+        # Per stage and outcome (ok | fallback | skipped): the fallback share of a stage is
+        # fallback / all of that stage, the series the alert rules watch (deploy/prometheus).
+        self.stage_outcomes = factory.Counter("skulens_stage_outcomes", "Pipeline stage runs by outcome",
+                                              ["stage", "status"], **extra)
+        self.searches = factory.Counter("skulens_searches", "Searches answered, degraded (any fallback) or not",
+                                        ["degraded"], **extra)
+        self.admission = factory.Counter("skulens_admission", "Admission decisions (admitted, waited, refused)",
+                                         ["endpoint", "outcome"], **extra)
+        self.admission_wait = factory.Histogram("skulens_admission_wait_seconds", "Time waited for a search slot",
+                                                buckets=STAGE_BUCKETS, **extra)
+        self.batch_size = factory.Histogram("skulens_batch_size", "Items per batched model call", ["model"],
+                                            buckets=BATCH_BUCKETS, **extra)
 
     @classmethod
     def standalone(cls) -> ServingMetrics:
@@ -48,12 +61,17 @@ class ServingMetrics:
     def observe_search(self, result: Any, endpoint: str = "search") -> None:
         for stage in result.stages:
             self.stage_seconds.labels(stage=stage.name).observe(stage.ms / 1000)
+            self.stage_outcomes.labels(stage=stage.name, status=stage.status).inc()
+        self.searches.labels(degraded=str(bool(result.fallbacks)).lower()).inc()
         for fallback in result.fallbacks:
             self.fallbacks.labels(fallback=fallback).inc()
         for name, outcome in result.cache.items():
             self.cache.labels(cache=name, result=outcome).inc()
         if not result.items:
             self.zero_results.labels(endpoint=endpoint).inc()
+
+    def observe_batch(self, model: str, size: int) -> None:
+        self.batch_size.labels(model=model).observe(size)
 
     def observe_llm_step(self, step: Any) -> None:
         self.llm_calls.labels(tier=step.tier, outcome=step.outcome).inc()

@@ -55,9 +55,9 @@ class ServingConfig:
     # Results whose vectors are this similar to a better one are dropped from the page (the same
     # product listed twice); None keeps them.
     collapse_threshold: float | None = 0.995
-    # With more searches than this in flight the reranker is skipped (flagged "rerank_shed"):
-    # under overload a late rerank only burns CPU the next requests need. None: never shed.
-    shed_rerank_above: int | None = 4
+    # With more searches than this in flight the reranker is skipped (flagged "rerank_shed"). None
+    # (the default): never; the service's admission control keeps a worker's load servable instead.
+    shed_rerank_above: int | None = None
 
     @classmethod
     def from_settings(cls, serving: Any, **overrides: Any) -> ServingConfig:
@@ -216,6 +216,10 @@ class SearchPipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for part in (self.encoder, self.reranker):
+            close = getattr(part, "close", None) if hasattr(type(part), "close") else None
+            if close is not None:
+                close()  # a batcher's thread
 
     @property
     def inflight(self) -> int:

@@ -96,7 +96,8 @@ class ServingState:
     def _build(self, variant: str, index_version: str | None, reranker_version: int | None) -> Served:
         config = ServingConfig(**{**self.config.__dict__, "variant": variant})
         served = self.loader(self.settings, self.catalog, config, index_version=index_version,
-                             reranker_version=reranker_version, cascade=self.cascade)
+                             reranker_version=reranker_version, cascade=self.cascade,
+                             on_batch=self.metrics.observe_batch)
         if hasattr(served.pipeline, "warm_up"):
             served.pipeline.warm_up()  # before the variant takes traffic (and before /readyz says ready)
         return served
