@@ -148,11 +148,37 @@ def photos(home: Path, count: int) -> list[str]:
     return [base64.b64encode(Path(u).read_bytes()).decode() for u in random.Random(1).sample(uris, count)]
 
 
-def start(home: Path, port: int, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+def start(home: Path, port: int, env_extra: dict[str, str] | None = None, workers: int = 1) -> subprocess.Popen:
     env = {**os.environ, "SKULENS_HOME": str(home), "SKULENS_PROGRESS": "0", "SKULENS_ADMIN_KEY": ADMIN_KEY,
            **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "skulens", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "skulens", "serve", "--port", str(port), "--workers", str(workers)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def memory_mb(root_pid: int) -> dict:
+    """RSS and PSS (proportional: pages shared by several processes, such as the memory-mapped index,
+    are split between them) of the service's processes, in MB."""
+    pids = [root_pid]
+    for pid in pids:  # grows while walking: children of children
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        pids += [int(c) for c in children]
+    out = {"processes": 0, "rss_mb": 0.0, "pss_mb": 0.0, "largest_rss_mb": 0.0}
+    for pid in pids:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:] if line.split()[-1] == "kB"}
+        rss = fields.get("Rss", 0) / 1024
+        out["processes"] += 1
+        out["rss_mb"] += rss
+        out["pss_mb"] += fields.get("Pss", 0) / 1024
+        out["largest_rss_mb"] = max(out["largest_rss_mb"], rss)
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
 
 
 async def drive(base: str, bodies: list[tuple[str, dict]], seconds: float, concurrency: int) -> dict:
@@ -161,6 +187,7 @@ async def drive(base: str, bodies: list[tuple[str, dict]], seconds: float, concu
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     fallbacks = cache_hits = answered = 0
+    stage_fallbacks: dict[str, int] = {}
     deadline = time.perf_counter() + seconds
     counter = iter(range(10**9))
 
@@ -176,6 +203,8 @@ async def drive(base: str, bodies: list[tuple[str, dict]], seconds: float, concu
                 data = response.json()
                 answered += 1
                 fallbacks += bool(data["fallbacks"])
+                for name in data["fallbacks"]:
+                    stage_fallbacks[name] = stage_fallbacks.get(name, 0) + 1
                 cache_hits += data.get("cache", {}).get("query_vector") == "hit"
 
     started = time.perf_counter()
@@ -186,6 +215,8 @@ async def drive(base: str, bodies: list[tuple[str, dict]], seconds: float, concu
     return {"requests": len(lat), "qps": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p95_ms": round(float(np.percentile(lat, 95)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
             "statuses": statuses, "fallback_rate": round(fallbacks / answered, 3) if answered else None,
+            "refused_share": round(statuses.get(503, 0) / len(lat), 3) if len(lat) else None,
+            "fallbacks": stage_fallbacks,
             "query_vector_cache_hit_rate": round(cache_hits / answered, 3) if answered else None}
 
 
@@ -198,13 +229,15 @@ def run_size(label: str, home: Path, args: argparse.Namespace) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    server = start(home, port)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    server = start(home, port, {f"SKULENS__{k.upper().replace('.', '__')}": v for k, v in overrides.items()},
+                   workers=args.workers)
     try:
         started = time.perf_counter()
         ready_s = wait_ready(base, timeout_s=600, alive=lambda: server.poll() is None)
         # Measure once the local LLM tier has loaded (a background thread that takes the CPU for
         # about 25 s after readiness): the figures are for a warm service.
-        wait_llm(base, ADMIN_KEY, timeout_s=600)
+        wait_llm(base, ADMIN_KEY, timeout_s=600, workers=args.workers)
         warm_s = time.perf_counter() - started
         texts = queries(home, 4000)
         images = photos(home, 200)
@@ -222,16 +255,20 @@ def run_size(label: str, home: Path, args: argparse.Namespace) -> dict:
             "recommend session": [("/recommend/session", {"product_ids": rng.sample(ids, 3), "k": 10})
                                   for _ in range(300)],
         }
-        results = {"ready_s": round(ready_s, 1), "warm_s": round(warm_s, 1), "single_stream": {}, "concurrent": {}}
-        for name, bodies in scenarios.items():
+        results = {"ready_s": round(ready_s, 1), "warm_s": round(warm_s, 1), "single_stream": {}, "concurrent": {},
+                   "memory_idle": memory_mb(server.pid)}
+        for name, bodies in scenarios.items() if not args.skip_single else ():
             results["single_stream"][name] = asyncio.run(drive(base, bodies, args.seconds, 1))
             print(label, "single", name, results["single_stream"][name], flush=True)
         concurrent = {"search text + rerank": [("/search", {"text": q, "k": 10}) for q in texts[2::4]],
                       "search text, no rerank": [("/search", {"text": q, "k": 10, "rerank": False})
                                                  for q in texts[3::4]]}
         for name, bodies in concurrent.items():
-            results["concurrent"][name] = asyncio.run(drive(base, bodies, args.seconds, args.concurrency))
-            print(label, f"x{args.concurrency}", name, results["concurrent"][name], flush=True)
+            for level in args.concurrency:
+                key = f"{name}, {level} in flight"
+                results["concurrent"][key] = asyncio.run(drive(base, bodies, args.seconds, level))
+                print(label, key, results["concurrent"][key], flush=True)
+        results["memory_loaded"] = memory_mb(server.pid)
         return results
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -242,43 +279,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["bundled", "1000000"])
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8])
+    parser.add_argument("--workers", type=int, default=1, help="skulens serve --workers")
+    parser.add_argument("--skip-single", action="store_true", help="only the concurrent scenarios")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="service settings, e.g. serving.onnx_threads=1 (SKULENS__SERVING__ONNX_THREADS)")
     parser.add_argument("--report", default="serving", help="docs/benchmarks/<report>.md")
     args = parser.parse_args()
     from skulens.settings import load_settings
 
     settings = load_settings("local")
     report: dict = {"written_at": None, "machine": machine_description(), "seconds": args.seconds,
-                    "concurrency": args.concurrency, "sizes": {}}
+                    "concurrency": args.concurrency, "workers": args.workers, "sizes": {}}
     for size in args.sizes:
         home = settings.home if size == "bundled" else scaled_home(int(size))
         report["sizes"][size] = run_size(size, home, args)
     report["written_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     extra = f" --report {args.report}" if args.report != "serving" else ""
+    levels = " ".join(str(c) for c in args.concurrency)
+    admission = settings.serving.admission
     lines = ["# Search service under load", "",
              f"Command: `.venv/bin/python benchmarks/bench_serving.py --sizes {' '.join(args.sizes)} --seconds "
-             f"{args.seconds:g} --concurrency {args.concurrency}{extra}`  ", f"Machine: {report['machine']}  ",
-             f"Written: {report['written_at']}", "",
-             "`skulens serve` (BentoML, one worker) on loopback, driven by an asyncio httpx client on the same 2 "
-             "cores. Queries are attribute-derived, not real shopper queries; 1M = the fashion catalogue scaled by "
-             "perturbed copies (see the script's docstring). Default budget: 150 ms in all, per-stage timeouts; "
-             "the cross-encoder reranks as deep as the index version's learned ranking policy says (each "
-             "distinct title once) and is shed "
-             "while more than 4 searches are in flight.", ""]
+             f"{args.seconds:g} --concurrency {levels} --workers {args.workers}"
+             f"{' --set ' + ' '.join(args.set) if args.set else ''}"
+             f"{' --skip-single' if args.skip_single else ''}{extra}`  ",
+             f"Machine: {report['machine']}  ", f"Written: {report['written_at']}", "",
+             f"`skulens serve --workers {args.workers}` (BentoML) on loopback, driven by an asyncio httpx client on "
+             "the same 2 cores. Queries are attribute-derived, not real shopper queries; 1M = the fashion catalogue "
+             "scaled by perturbed copies (see the script's docstring). Budget: 150 ms in all, per-stage timeouts; "
+             "the cross-encoder reranks as deep as the index version's learned ranking policy says (each distinct "
+             "title once). Query encodings and reranker pairs of concurrent searches are batched; admission control "
+             f"runs {admission.max_active} searches at once per worker and queues {admission.max_waiting} "
+             f"(at most {admission.max_wait_ms:g} ms), refusing the rest with 503. **degraded** = share of answered "
+             "searches that carried any fallback; **503** = share of requests refused by admission control.", ""]
     for size, res in report["sizes"].items():
         lines += [f"## {size} products (ready in {res['ready_s']} s, local LLM tier loaded at {res['warm_s']} s)",
                   "",
-                  "| endpoint, single stream | requests | QPS | p50 | p95 | p99 | fallback share | vector cache hits |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, r in res["single_stream"].items():
+                  "| endpoint | requests | QPS | p50 | p95 | p99 | degraded | 503 | vector cache hits |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = [(f"{name}, single stream", r) for name, r in res["single_stream"].items()]
+        rows += list(res["concurrent"].items())
+        for name, r in rows:
             fallback, hits = r["fallback_rate"], r["query_vector_cache_hit_rate"]
             lines.append(f"| {name} | {r['requests']} | {r['qps']} | {r['p50_ms']} ms | {r['p95_ms']} ms | "
                          f"{r['p99_ms']} ms | {'-' if fallback is None else fallback} | "
-                         f"{'-' if hits is None else hits} |")
-        for name, r in res["concurrent"].items():
-            lines.append(f"| {name}, {args.concurrency} in flight | {r['requests']} | {r['qps']} | {r['p50_ms']} ms | "
-                         f"{r['p95_ms']} ms | {r['p99_ms']} ms | {r['fallback_rate']} | "
-                         f"{r['query_vector_cache_hit_rate']} |")
+                         f"{r.get('refused_share', '-')} | {'-' if hits is None else hits} |")
+        for when in ("memory_idle", "memory_loaded"):
+            m = res.get(when)
+            if m:
+                lines.append(f"\n{when.replace('_', ' ')}: {m['processes']} processes, RSS {m['rss_mb']:,} MB, "
+                             f"PSS {m['pss_mb']:,} MB (shared pages split), largest process RSS "
+                             f"{m['largest_rss_mb']:,} MB")
         lines.append("")
     write_report(args.report, lines, report)
 

@@ -25,7 +25,8 @@ app = create_app(lambda: _STATE.get("state"), admin_key_env=_SETTINGS.serving.ad
 
 # workers: serving.workers (`skulens serve --workers N`); each worker process loads the state once and
 # memory-maps the index files, so the operating system keeps one copy of them for all workers.
-@bentoml.service(name="skulens-search", traffic={"timeout": 60}, workers=_SETTINGS.serving.workers)
+@bentoml.service(name="skulens-search", traffic={"timeout": 60}, workers=_SETTINGS.serving.workers,
+                 logging={"access": {"enabled": _SETTINGS.serving.access_log}})
 @bentoml.asgi_app(app, path="/")
 class SearchService:
     def __init__(self) -> None:

@@ -299,6 +299,14 @@ class ServingSettings(_Model):
     workers: int = Field(1, ge=1, le=64)
     # Intra-op threads of each ONNX Runtime session in a serving worker (0: the CPU count).
     onnx_threads: int = Field(0, ge=0, le=256)
+    # BentoML's access log line per request (a few percent of a search's CPU under load).
+    access_log: bool = True
+    # Text query vectors kept (LRU) per worker: popular queries skip the encoder; 0 switches it off.
+    vector_cache_size: int = Field(4096, ge=0, le=10_000_000)
+    # Serve this registered reranker version instead of the champion (null: the champion, or none
+    # when no version passed its gate). The response's versions.reranker names it and says whether it
+    # is the champion; benchmarks use it to measure the rerank stage's cost.
+    reranker_version: int | None = Field(None, ge=1)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     rules: BusinessRuleSettings = Field(default_factory=BusinessRuleSettings)
     # The environment variable holding the admin API key; admin endpoints answer 401 without it.

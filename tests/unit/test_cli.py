@@ -75,3 +75,23 @@ def test_bad_variant_is_explained(tmp_path):
 
 def test_app_is_typer():
     assert isinstance(app, typer.Typer)
+
+
+def test_serve_workers_and_serving_settings_reach_the_bentoml_service(tmp_path):
+    """`skulens serve --workers N` sets SKULENS__SERVING__WORKERS, which the service's decorator reads,
+    with the access log switch and admission control from the same settings."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, serving.service as s; print(json.dumps({'config': s.SearchService.config, "
+            "'admission': s.app.state.admission.config.max_active}))")
+    env = {**os.environ, "SKULENS__SERVING__WORKERS": "3", "SKULENS__SERVING__ACCESS_LOG": "false",
+           "SKULENS__SERVING__ADMISSION__MAX_ACTIVE": "7", "BENTOML_DO_NOT_TRACK": "True",
+           "SKULENS_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["config"]["workers"] == 3 and seen["config"]["logging"] == {"access": {"enabled": False}}
+    assert seen["admission"] == 7

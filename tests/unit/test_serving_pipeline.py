@@ -143,3 +143,43 @@ def test_rerank_is_shed_under_overload(parts):
     assert result.fallbacks == ["rerank_shed"] and all("rerank" not in i["scores"] for i in result.items)
     calm = SearchPipeline(**parts, config=ServingConfig(shed_rerank_above=None))
     assert _search(calm, text="red shirt", k=3).fallbacks == []
+
+
+def test_batched_encoder_and_reranker_rank_as_the_plain_ones_under_concurrent_searches(parts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skulens.serving.batching import BatchedEncoder, BatchedReranker
+
+    sizes = []
+    plain = SearchPipeline(**parts)
+    # the scorer takes one query per pair, as the ONNX and PyTorch rerankers do
+    encoder = BatchedEncoder(parts["encoder"], on_batch=lambda model, size: sizes.append(size))
+    reranker = BatchedReranker(lambda qs, ts: parts["reranker"](qs[0], ts))
+    batched = SearchPipeline(**{**parts, "encoder": encoder, "reranker": reranker})
+    queries = [f"{c} {k}" for c in ("red", "blue", "green", "black") for k in ("shirt", "dress", "sneaker")] * 2
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: _search(batched, text=q, k=5), queries))
+    for query, result in zip(queries, together, strict=True):
+        assert result.fallbacks == []
+        alone = _search(plain, text=query, k=5)
+        assert [i["product_id"] for i in result.items] == [i["product_id"] for i in alone.items]
+    assert sum(sizes) == len(queries) - sum(r.cache.get("query_vector") == "hit" for r in together)
+    batched.close()
+
+
+def test_the_query_vector_cache_can_be_switched_off(parts):
+    calls = []
+
+    class Counting(WordHashEncoder):
+        def encode_texts(self, texts):
+            calls.append(list(texts))
+            return super().encode_texts(texts)
+
+    cached = SearchPipeline(**{**parts, "encoder": Counting()})
+    uncached = SearchPipeline(**{**parts, "encoder": Counting()}, config=ServingConfig(vector_cache_size=0))
+    for pipeline in (cached, uncached):
+        calls.clear()
+        first, again = _search(pipeline, text="red dress"), _search(pipeline, text="red dress")
+        assert [i["product_id"] for i in first.items] == [i["product_id"] for i in again.items]
+        assert len(calls) == (1 if pipeline is cached else 2)
+    assert again.cache == {}

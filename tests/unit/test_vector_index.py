@@ -144,3 +144,20 @@ def test_index_is_chosen_to_a_memory_budget_and_ef_tuned_to_the_recall_target():
     assert index.manifest["recall@10"] >= 0.9 and index.config.ef_search > 1
     assert index.manifest["config"]["ef_search"] == index.config.ef_search
     assert index.manifest["within_latency_budget"] is True and index.manifest["latency_p50_ms"] > 0
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "hnsw_sq8", "hnsw_pq", "flat"])
+def test_a_batch_of_queries_finds_what_each_query_finds_alone_from_a_memory_mapped_index(tmp_path, kind):
+    ids, vectors, keys = _clustered(n_per=300)
+    columns = FilterColumns(categories=[[key] for key in keys], prices=np.full(len(ids), np.nan),
+                            attributes=[{} for _ in ids])
+    index = ShardedVectorIndex.build(ids, vectors, keys, VectorIndexConfig(min_shard_size=100, kind=kind,
+                                                                           gate_queries=100, min_recall=0.5),
+                                     columns=columns)
+    mapped = ShardedVectorIndex.load(index.save(tmp_path / kind), mmap=True)
+    probes = vectors[::97] + 0.05
+    for filters in (None, Filters.parse({"category": "cat1"})):
+        batched = mapped.search(probes, k=7, filters=filters, exclude={"p0"})
+        alone = [index.search(q, k=7, filters=filters, exclude={"p0"})[0] for q in probes]
+        assert [[pid for pid, _ in hits] for hits in batched] == [[pid for pid, _ in hits] for hits in alone]
+        assert all(len(hits) == 7 for hits in batched)

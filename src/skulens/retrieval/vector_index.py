@@ -282,31 +282,42 @@ class ShardedVectorIndex:
                 if local.any():
                     passing[name] = local
             among = list(passing)
-        out = []
-        for q in queries:
-            candidates: list[tuple[str, float]] = []
+        # Queries routed to the same shard are searched there in one call (FAISS runs a batch of
+        # queries in parallel and pays its per-call overhead once).
+        routed: dict[str, list[int]] = {}
+        for number, q in enumerate(queries):
             for name in (among if shards is not None else self.route(q, among)):
-                candidates += self._search_shard(name, q, k, passing.get(name))
-            out.append(sorted(candidates, key=lambda c: -c[1])[:k])
-        return out
+                routed.setdefault(name, []).append(number)
+        candidates: list[list[tuple[str, float]]] = [[] for _ in range(len(queries))]
+        for name, numbers in routed.items():
+            for number, hits in zip(numbers, self._search_shard(name, queries[numbers], k, passing.get(name)),
+                                    strict=True):
+                candidates[number] += hits
+        return [sorted(found, key=lambda c: -c[1])[:k] for found in candidates]
 
-    def _search_shard(self, name: str, query: np.ndarray, k: int, local: np.ndarray | None) -> list[tuple[str, float]]:
+    def _search_shard(self, name: str, queries: np.ndarray, k: int, local: np.ndarray | None
+                      ) -> list[list[tuple[str, float]]]:
+        """Top-``k`` of shard ``name`` for each row of ``queries`` (among the rows ``local`` allows)."""
         import faiss
 
         index, ids = self.shards[name], self.shard_ids[name]
         if local is None:
-            distances, rows = index.search(query[None, :], min(k, index.ntotal))
+            distances, rows = index.search(queries, min(k, index.ntotal))
         elif local.sum() <= self.config.exact_filter_below or not hasattr(faiss.downcast_index(index), "hnsw"):
             chosen = np.flatnonzero(local)
-            scores = index.reconstruct_batch(chosen) @ query
-            top = np.argsort(-scores, kind="stable")[:k]
-            return [(ids[chosen[t]], float(scores[t])) for t in top]
+            scores = index.reconstruct_batch(chosen) @ queries.T  # (chosen, queries)
+            out = []
+            for column in scores.T:
+                top = np.argsort(-column, kind="stable")[:k]
+                out.append([(ids[chosen[t]], float(column[t])) for t in top])
+            return out
         else:
             bitmap = np.packbits(local.astype(np.uint8), bitorder="little")
             selector = faiss.IDSelectorBitmap(len(local), faiss.swig_ptr(bitmap))
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.config.ef_search, k))
-            distances, rows = index.search(query[None, :], min(k, index.ntotal), params=params)
-        return [(ids[r], float(d)) for d, r in zip(distances[0], rows[0], strict=True) if r >= 0]
+            distances, rows = index.search(queries, min(k, index.ntotal), params=params)
+        return [[(ids[r], float(d)) for d, r in zip(drow, rrow, strict=True) if r >= 0]
+                for drow, rrow in zip(distances, rows, strict=True)]
 
     def vectors(self, product_ids: Sequence[str]) -> np.ndarray:
         """The stored (normalised; decoded when quantised) vectors of ``product_ids``."""

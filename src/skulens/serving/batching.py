@@ -180,15 +180,23 @@ class BatchedReranker:
     :mod:`skulens.models.reranker` take that form)."""
 
     def __init__(self, score: Callable[[list[str], list[str]], np.ndarray], *, max_batch: int = 16,
-                 max_wait_ms: float = 0.0, on_batch: Callable[[str, int], None] | None = None) -> None:
-        self.score = score
+                 max_wait_ms: float = 0.0, on_batch: Callable[[str, int], None] | None = None,
+                 chunk_pairs: int = 64) -> None:
+        self.score, self.chunk_pairs = score, chunk_pairs
         self.batcher = MicroBatcher(self._run, max_batch=max_batch, max_wait_ms=max_wait_ms, name="rerank",
                                     on_batch=(lambda size: on_batch("rerank", size)) if on_batch else None)
 
     def _run(self, requests: list[tuple[str, list[str]]]) -> list[np.ndarray]:
         queries = [query for query, titles in requests for _ in titles]
         titles = [title for _, request_titles in requests for title in request_titles]
-        scores = np.asarray(self.score(queries, titles), dtype=np.float32).reshape(-1)
+        # Pairs of similar length scored together: a batch is padded to its longest pair, so one
+        # long title would otherwise make every pair of the batch cost as much as it does.
+        order = sorted(range(len(titles)), key=lambda i: len(queries[i]) + len(titles[i]))
+        scores = np.empty(len(titles), np.float32)
+        for start in range(0, len(order), self.chunk_pairs):
+            part = order[start:start + self.chunk_pairs]
+            scores[part] = np.asarray(self.score([queries[i] for i in part], [titles[i] for i in part]),
+                                      dtype=np.float32).reshape(-1)
         bounds = np.cumsum([0] + [len(t) for _, t in requests])
         return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 

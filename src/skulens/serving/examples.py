@@ -28,19 +28,26 @@ def wait_ready(base: str, timeout_s: float = 300, alive: Callable[[], bool] = la
     raise TimeoutError(f"the service at {base} was not ready after {timeout_s:.0f} s")
 
 
-def wait_llm(base: str, admin_key: str, timeout_s: float = 120) -> bool:
-    """Wait (up to ``timeout_s``) until every LLM tier has loaded, so the examples do not share the
-    CPU with the local model's loading; False when some tier is still loading."""
+def wait_llm(base: str, admin_key: str, timeout_s: float = 120, workers: int = 1) -> bool:
+    """Wait (up to ``timeout_s``) until every LLM tier has loaded in ``workers`` worker processes, so
+    the examples (or a benchmark) do not share the CPU with the local model's loading; False when
+    some tier is still loading. Each status call reaches one worker: they are told apart by pid."""
     import httpx
 
     started = time.perf_counter()
+    ready: set[int] = set()
     while time.perf_counter() - started < timeout_s:
         status = httpx.get(f"{base}/admin/status", headers={"X-API-Key": admin_key}, timeout=10)
         if status.status_code != 200:
             return False
-        llm = status.json().get("llm") or {}
+        body = status.json()
+        llm = body.get("llm") or {}
         if all((llm.get("ready") or {}).values()):
-            return True
+            ready.add(body.get("worker_pid", 0))
+            if len(ready) >= workers:
+                return True
+            time.sleep(0.2)
+            continue
         time.sleep(2)
     return False
 

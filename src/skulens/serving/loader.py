@@ -141,11 +141,22 @@ def champion_reranker(settings: Settings, version: int | None = None) -> tuple[A
         champion = version_artifacts(settings, "reranker", version=version)
     except LookupError:
         return None, "none: no reranker version passed its gate against the baselines"
+    note = "" if version is None else f" (pinned; {_champion_or_not(settings, version)})"
     onnx = reranker_onnx(champion)
     if onnx is not None:
-        label = f"{champion['name']}/{champion['version']} ({onnx.stem})"
+        label = f"{champion['name']}/{champion['version']} ({onnx.stem}){note}"
         return OnnxReranker(onnx, reranker_dir(champion)).score, label
-    return CrossEncoderReranker(reranker_dir(champion)).score, f"{champion['name']}/{champion['version']}"
+    return CrossEncoderReranker(reranker_dir(champion)).score, f"{champion['name']}/{champion['version']}{note}"
+
+
+def _champion_or_not(settings: Settings, version: int) -> str:
+    from skulens.tracking.registry import CHAMPION, client
+
+    try:
+        champion = client(settings).get_model_version_by_alias(settings.models.reranker, CHAMPION).version
+    except Exception:  # noqa: BLE001 - no champion alias at all
+        return "not the champion: no version passed its gate"
+    return "the champion" if int(champion) == version else f"not the champion, which is version {champion}"
 
 
 def load_pipeline(settings: Settings, catalog: str | None = None, config: Any = None) -> Any:

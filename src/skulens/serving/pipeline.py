@@ -52,6 +52,8 @@ class ServingConfig:
     max_page: int = 50
     recovery_budget_ms: float = 3000.0
     variant: str = "control"
+    # Text query vectors cached (LRU); 0: none.
+    vector_cache_size: int = 4096
     # Results whose vectors are this similar to a better one are dropped from the page (the same
     # product listed twice); None keeps them.
     collapse_threshold: float | None = 0.995
@@ -65,7 +67,7 @@ class ServingConfig:
         return cls(total_budget_ms=serving.total_budget_ms, stage_timeout_ms=dict(serving.stage_timeout_ms),
                    recovery_budget_ms=serving.recovery_budget_ms,
                    collapse_threshold=serving.collapse_threshold, shed_rerank_above=serving.shed_rerank_above,
-                   **overrides)
+                   vector_cache_size=serving.vector_cache_size, **overrides)
 
 
 class RequestError(ValueError):
@@ -193,7 +195,7 @@ class SearchPipeline:
         # Text query vectors, most recent first: popular queries repeat, and encoding is the
         # costliest stage after reranking.
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.vector_cache_size = 4096
+        self.vector_cache_size = self.config.vector_cache_size
         self._vectors_lock = threading.Lock()  # request threads share the cache
         self._inflight = 0
         self._inflight_lock = threading.Lock()
@@ -519,6 +521,8 @@ class SearchPipeline:
 
         if image is not None or not text:
             return query_vectors(self.encoder, text, image)
+        if self.vector_cache_size <= 0:
+            return query_vectors(self.encoder, text, None)
         with self._vectors_lock:
             vector = self._vectors.get(text)
             if vector is not None:

@@ -46,7 +46,7 @@ class ServingState:
         from skulens.serving.llm.cascade import build_cascade
 
         state = cls(settings, metrics, catalog=catalog)
-        served = state._build("control", None, None)
+        served = state._build("control", None, settings.serving.reranker_version)
         if with_cascade:
             state.cascade = build_cascade(settings, served.vocabulary, on_step=metrics.observe_llm_step)
             served.pipeline.cascade = state.cascade
@@ -94,6 +94,8 @@ class ServingState:
         self._stop.set()
 
     def _build(self, variant: str, index_version: str | None, reranker_version: int | None) -> Served:
+        # A reload that names no reranker version keeps the one configured (serving.reranker_version).
+        reranker_version = reranker_version or self.settings.serving.reranker_version
         config = ServingConfig(**{**self.config.__dict__, "variant": variant})
         served = self.loader(self.settings, self.catalog, config, index_version=index_version,
                              reranker_version=reranker_version, cascade=self.cascade,
