@@ -183,3 +183,49 @@ def test_the_query_vector_cache_can_be_switched_off(parts):
         assert [i["product_id"] for i in first.items] == [i["product_id"] for i in again.items]
         assert len(calls) == (1 if pipeline is cached else 2)
     assert again.cache == {}
+
+
+class _CountingEncoder(WordHashEncoder):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def encode_texts(self, texts):
+        self.calls += 1
+        return super().encode_texts(texts)
+
+
+class _AlwaysFused(SearchPipeline):
+    def _lexical_decides(self, *args, **kwargs):
+        return None
+
+
+def test_with_a_zero_fusion_weight_bm25_alone_decides_a_full_page_and_it_is_the_fused_page(parts):
+    from skulens.retrieval.ranking import RankingPolicy
+
+    policy = RankingPolicy(fusion_weight=0.0, learned_on="test: BM25 won on the training queries")
+    shortcut = SearchPipeline(**{**parts, "encoder": _CountingEncoder(), "reranker": None}, ranking=policy)
+    full = _AlwaysFused(**{**parts, "encoder": _CountingEncoder(), "reranker": None}, ranking=policy)
+    for query, k in (("red shirt", 2), ("black handbag", 2), ("green", 1)):
+        fast, slow = _search(shortcut, text=query, k=k), _search(full, text=query, k=k)
+        assert [i["product_id"] for i in fast.items] == [i["product_id"] for i in slow.items]
+        assert fast.fallbacks == [] and next(s for s in fast.stages if s.name == "encode").status == "skipped"
+    assert shortcut.encoder.calls == 0 and full.encoder.calls == 3
+    # a page deeper than the lexical hits that score above the dense-only ones: the dense side runs
+    deep = _search(shortcut, text="red shirt", k=10)
+    assert shortcut.encoder.calls == 1 and next(s for s in deep.stages if s.name == "encode").status == "ok"
+    assert [i["product_id"] for i in deep.items] == [i["product_id"] for i in _search(full, text="red shirt",
+                                                                                        k=10).items]
+
+
+def test_a_dense_share_or_a_photo_always_runs_the_encoder(parts):
+    from skulens.retrieval.ranking import RankingPolicy
+
+    shared = SearchPipeline(**{**parts, "encoder": _CountingEncoder()},
+                            ranking=RankingPolicy(fusion_weight=0.3, learned_on="test"))
+    _search(shared, text="red shirt", k=2)
+    assert shared.encoder.calls == 1
+    assert RankingPolicy(fusion_weight=0.0).lexical_decides([], 1) is None
+    assert RankingPolicy(fusion_weight=0.0).lexical_decides([("a", 3.0), ("b", 2.0), ("c", 1.0)], 2) == [
+        ("a", 1.0), ("b", 0.5), ("c", 0.0)]
+    assert RankingPolicy(fusion_weight=0.0).lexical_decides([("a", 3.0), ("b", 2.0), ("c", 1.0)], 3) is None

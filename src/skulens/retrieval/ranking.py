@@ -52,6 +52,19 @@ class RankingPolicy:
             return list(dense or lexical)
         return weighted(dense, lexical, self.fusion_weight)
 
+    def lexical_decides(self, lexical: Hits, places: int) -> Hits | None:
+        """The fused list without the dense side, when the dense side cannot change its first
+        ``places`` places; else None.
+
+        With a fusion weight of 0 a dense-only candidate scores 0, below every BM25 hit with a
+        positive share of the fused score, and ties are broken the same way either way. So when at
+        least ``places`` BM25 hits score above 0, the first ``places`` places of the fusion are the
+        lexical list's own, and a search need not encode the query nor search the vectors."""
+        if self.fusion_weight != 0.0 or not lexical:
+            return None
+        fused = weighted([], lexical, 0.0)
+        return fused if sum(score > 0 for _, score in fused) >= places else None
+
     def rerank(self, head: Hits, scores: np.ndarray) -> Hits:
         """``head`` (the fused top ``rerank_depth``, with fused scores) reordered by the cross-encoder's
         ``scores``, blended with the fused scores when ``rerank_blend`` < 1. The returned scores are

@@ -328,7 +328,14 @@ class SearchPipeline:
                 undecodable.append(exc)
                 raise
 
-        if text:
+        exclude = self.rules.hidden if self.rules is not None else ()
+        filters = _merge(request.filters, derived)
+        decided = self._lexical_decides(text, request, filters, depth, exclude, want, stages)
+        if decided is not None:
+            vector = None
+            stages.append(StageReport("encode", 0.0, "skipped", "the index version's learned fusion weight is 0 "
+                                      "and BM25 fills the page: the dense side could not change it"))
+        elif text:
             vector = stage("encode", encode, "lexical_only", None)
         else:
             # A photo alone has no lexical fallback: it may use what is left of the whole budget.
@@ -340,7 +347,6 @@ class SearchPipeline:
             if vector is None:
                 return SearchResult([], None, rewrites, stages, fallbacks, self.versions, _ms(started),
                                     self.config.variant, llm, cache)
-        exclude = self.rules.hidden if self.rules is not None else ()
 
         def retrieve(query: str | None, filters: Filters | None) -> tuple[list, list]:
             dense = (self.store.search(vector, k=depth, filters=filters, exclude=exclude)[0]
@@ -348,9 +354,11 @@ class SearchPipeline:
             lexical = self.lexical.search(query, k=depth, filters=filters, exclude=exclude) if query else []
             return dense, lexical
 
-        filters = _merge(request.filters, derived)
         hits = _Hits(vector, depth, exclude)
-        dense, lexical = self._retrieve("retrieve", text, filters, hits, started, stages, fallbacks)
+        if decided is not None:
+            dense, lexical = [], decided[1]
+        else:
+            dense, lexical = self._retrieve("retrieve", text, filters, hits, started, stages, fallbacks)
         if derived and not (dense or lexical):
             # The filters read from the query emptied the page (say, a price limit on a catalogue
             # without prices): relax them rather than answer nothing.
@@ -360,13 +368,17 @@ class SearchPipeline:
         retrieved = all(s.status == "ok" for s in stages if s.name.startswith("retrieve"))
         # Recovery only when the search ran and found nothing: a late or failed retrieval (an
         # overloaded machine) must not add model calls on top.
+        recovered_from = None
         if text and retrieved and not lexical and self.cascade is not None and self.config.recovery_budget_ms > 0:
             recovered = self._recover(text, request, filters, retrieve, stage, llm, rewrites, fallbacks)
             if recovered is not None:
-                text, (dense, lexical) = recovered
+                recovered_from, (text, (dense, lexical)) = text, recovered
         # Fusion and rerank follow the index version's learned ranking policy: the same code that
         # `skulens eval` and build_index's learning score (skulens.retrieval.ranking).
-        fused = self.ranking.fuse(dense, lexical) if vector is not None and text else (dense or lexical)
+        if decided is not None and recovered_from is None:
+            fused = decided[0]
+        else:
+            fused = self.ranking.fuse(dense, lexical) if vector is not None and text else (dense or lexical)
         scores: dict[str, dict[str, float]] = {}
         for label, hits in (("dense", dense), ("bm25", lexical), ("fused", fused)):
             for pid, score in hits:
@@ -457,6 +469,30 @@ class SearchPipeline:
         else:
             fallbacks.append("lexical_failed")
         return dense, lexical
+
+    def _lexical_decides(self, text: str | None, request: SearchRequest, filters: Filters | None, depth: int,
+                         exclude: Any, want: int, stages: list[StageReport]) -> tuple[list, list] | None:
+        """(fused, lexical) when BM25 alone decides the page under the learned ranking policy (its
+        fusion weight is 0 and enough lexical hits score above every dense-only candidate: see
+        :meth:`RankingPolicy.lexical_decides`), with the retrieve stage reported; None otherwise.
+
+        Only for a text search whose page no rule reorders from deeper candidates (no pins for the
+        query, no per-category cap): the page is then the one the full fusion gives."""
+        if not text or request.image is not None or self.ranking.fusion_weight != 0.0:
+            return None
+        if self.rules is not None and (self.rules.max_per_category > 0 or self.rules.pinned):
+            return None
+        t = time.perf_counter()
+        try:
+            lexical = self.lexical.search(text, k=depth, filters=filters, exclude=exclude)
+        except Exception:  # noqa: BLE001 - the full path runs (and reports) the lexical failure
+            return None
+        # Collapse looks two pages deep for near-duplicates, so twice the page must be decided.
+        fused = self.ranking.lexical_decides(lexical, 2 * want)
+        if fused is None:
+            return None
+        stages.append(StageReport("retrieve", _ms(t), "ok", "lexical only: the dense side could not change the page"))
+        return fused, lexical
 
     def _dense(self, hits: _Hits, filters: Filters | None) -> list:
         return self.store.search(hits.vector, k=hits.depth, filters=filters, exclude=hits.exclude)[0]
