@@ -297,7 +297,7 @@ class ServingSettings(_Model):
     batching: BatchingSettings = Field(default_factory=lambda: BatchingSettings())
     # Worker processes of `skulens serve` (BentoML workers); each maps the index files.
     workers: int = Field(1, ge=1, le=64)
-    # Intra-op threads of each ONNX Runtime session in a serving worker (0: the CPU count).
+    # Intra-op threads of each ONNX Runtime session in a serving worker (0: the CPU count / workers).
     onnx_threads: int = Field(0, ge=0, le=256)
     # BentoML's access log line per request (a few percent of a search's CPU under load).
     access_log: bool = True

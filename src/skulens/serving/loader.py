@@ -10,6 +10,7 @@ vocabulary.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     from skulens.serving.spelling import SpellCorrector
     from skulens.storage.layout import index_store
 
-    configure(settings.models.onnx_device, threads=settings.serving.onnx_threads or None)
+    configure(settings.models.onnx_device, threads=onnx_threads(settings.serving))
     catalog = catalog or settings.retrieval.catalog
     live = LiveIndex.open(index_store(settings, catalog).root, version=index_version)
     snapshot = pq.read_table(live.version / "products.parquet",
@@ -111,6 +112,16 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
         categories={pid: path[-1] for pid, path in categories.items() if path}, versions=versions, **kwargs)
     vocabulary = Vocabulary.from_products(categories.values(), (dict(row.get("attributes") or []) for row in products))
     return Served(pipeline, live, titles, categories, images, vocabulary, photo_root=root)
+
+
+def onnx_threads(serving: Any) -> int:
+    """Intra-op threads per ONNX Runtime session: ``serving.onnx_threads``, or (0) the cores shared
+    out between the worker processes. Measured on 2 cores (docs/benchmarks/serving_profile.md): two
+    threads in one process cut a lone query's latency, but under concurrent load a second thread
+    per session only spins and contends, so two workers of one thread each serve the most."""
+    if serving.onnx_threads:
+        return int(serving.onnx_threads)
+    return max(1, (os.cpu_count() or 1) // max(1, serving.workers))
 
 
 def query_encoder(settings: Settings, model_version: str) -> tuple[Any, dict[str, str]]:
