@@ -262,6 +262,8 @@ class BusinessRuleSettings(_Model):
 
 class AdmissionSettings(_Model):
     max_active: int = Field(4, ge=1, le=1024)
+    min_active: int = Field(1, ge=1, le=1024)
+    adaptive: bool = True
     max_waiting: int = Field(32, ge=0, le=100_000)
     max_wait_ms: float = Field(250.0, ge=0)
     retry_after_s: int = Field(1, ge=0, le=3600)

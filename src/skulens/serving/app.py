@@ -175,17 +175,21 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
     async def admitted(current: ServingState, endpoint: str, run: Callable[..., Any], *args: Any) -> Any:
         """``run(*args)`` in the thread pool once admitted; Overloaded (503) when refused."""
         try:
-            waited = await gate.enter()
+            waited, number = await gate.enter()
         except Overloaded:
             current.metrics.admission.labels(endpoint=endpoint, outcome="refused").inc()
             raise
         current.metrics.admission.labels(endpoint=endpoint, outcome="waited" if waited else "admitted").inc()
         if waited:
             current.metrics.admission_wait.observe(waited)
+        late = False
         try:
-            return await run_in_threadpool(run, *args)
+            body = await run_in_threadpool(run, *args)
+            late = _late(body)
+            return body
         finally:
-            gate.leave()
+            gate.leave(number, late=late)
+            current.metrics.admission_limit.set(gate.limit)
 
     def state() -> ServingState:
         current = get_state()
@@ -349,6 +353,13 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _late(body: Any) -> bool:
+    """Whether a search ran a stage past its timeout or its budget (the admission limit's signal)."""
+    stages = body.get("stages", ()) if isinstance(body, dict) else ()
+    return any(s.get("status") == "fallback" and str(s.get("detail") or "").startswith(("late", "no time left"))
+               for s in stages)
 
 
 def _key(raw: dict[str, Any]) -> str | None:

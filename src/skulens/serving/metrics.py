@@ -41,6 +41,8 @@ class ServingMetrics:
                                         ["degraded"], **extra)
         self.admission = factory.Counter("skulens_admission", "Admission decisions (admitted, waited, refused)",
                                          ["endpoint", "outcome"], **extra)
+        self.admission_limit = factory.Gauge("skulens_admission_limit", "Searches a worker runs at once (adaptive)",
+                                             **extra)
         self.admission_wait = factory.Histogram("skulens_admission_wait_seconds", "Time waited for a search slot",
                                                 buckets=STAGE_BUCKETS, **extra)
         self.batch_size = factory.Histogram("skulens_batch_size", "Items per batched model call", ["model"],
