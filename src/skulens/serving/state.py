@@ -168,7 +168,8 @@ class ServingState:
                 "worker_pid": os.getpid(), "published_index": self._published_or_none(),
                 "pinned_index": self.pinned_index, "watching_index": self._watcher is not None,
                 # Until the shared serving state lands (the canary issue), these live in each worker.
-                "per_worker": {"state": ["variants", "traffic", "llm.spent_today_usd", "llm.breakers", "llm.cache"],
+                "per_worker": {"state": ["variants", "traffic", "llm.spent_today_usd", "llm.breakers", "llm.cache",
+                                         "admission limit", "query vector cache"],
                                "note": "admin reloads, the traffic split, the LLM daily budget, breakers "
                                        "and cache are held by this worker process only; with several "
                                        "workers, each must be told and each spends its own budget"},
