@@ -29,18 +29,23 @@ class Gated:
         return [item * 10 for item in items]
 
 
+def _queued_behind_a_running_batch(batcher: MicroBatcher, run: Gated, first, rest: list) -> list:
+    """Submit ``first``, hold its batch running until every item of ``rest`` is queued behind it,
+    then let all run; the results in submission order."""
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(batcher, first)]
+        assert run.entered.wait(5)
+        futures += [pool.submit(batcher, item) for item in rest]
+        while batcher._queue.qsize() < len(rest):
+            time.sleep(0.001)
+        run.release.set()
+        return [f.result(5) for f in futures]
+
+
 def test_calls_that_arrive_while_a_batch_runs_are_run_together_each_with_its_own_result():
     run = Gated()
     batcher = MicroBatcher(run, max_batch=32)
-    with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(batcher, 1)
-        assert run.entered.wait(5)
-        rest = [pool.submit(batcher, n) for n in range(2, 9)]
-        while batcher._queue.qsize() < 7:  # all seven queued behind the running batch
-            time.sleep(0.001)
-        run.release.set()
-        assert first.result(5) == 10
-        assert [f.result(5) for f in rest] == [n * 10 for n in range(2, 9)]
+    assert _queued_behind_a_running_batch(batcher, run, 1, list(range(2, 9))) == [n * 10 for n in range(1, 9)]
     assert run.batches == [[1], [2, 3, 4, 5, 6, 7, 8]]  # two model calls for eight requests
     assert (batcher.stats.batches, batcher.stats.items, batcher.stats.largest) == (2, 8, 7)
     batcher.close()
@@ -49,14 +54,7 @@ def test_calls_that_arrive_while_a_batch_runs_are_run_together_each_with_its_own
 def test_batches_never_exceed_max_batch():
     run = Gated()
     batcher = MicroBatcher(run, max_batch=3)
-    with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(batcher, 0)
-        assert run.entered.wait(5)
-        rest = [pool.submit(batcher, n) for n in range(1, 8)]
-        while batcher._queue.qsize() < 7:
-            time.sleep(0.001)
-        run.release.set()
-        assert [f.result(5) for f in [first, *rest]] == [n * 10 for n in range(8)]
+    assert _queued_behind_a_running_batch(batcher, run, 0, list(range(1, 8))) == [n * 10 for n in range(8)]
     assert [len(b) for b in run.batches] == [1, 3, 3, 1]
 
 
