@@ -109,17 +109,31 @@ def test_late_searches_cut_the_limit_once_per_round_and_on_time_searches_raise_i
         gate = Admission(AdmissionConfig(max_active=8, min_active=2))
         numbers = [(await gate.enter())[1] for _ in range(8)]
         for number in numbers:  # a round admitted under 8, all late: one cut, not eight
-            gate.leave(number, late=True)
+            gate.leave(number, "late")
         assert gate.limit == 6.0
         for _ in range(5):  # each new round of late searches cuts again, down to the floor
             rounds = [(await gate.enter())[1] for _ in range(int(gate.limit))]
             for number in rounds:
-                gate.leave(number, late=True)
+                gate.leave(number, "late")
         assert gate.limit == 2.0
         while gate.limit < 8.0:  # searches in time: about one slot back per round
             _, number = await gate.enter()
-            gate.leave(number, late=False)
+            gate.leave(number, "ok")
         assert gate.limit == 8.0 and gate.active == 0
+
+    asyncio.run(run())
+
+
+def test_a_search_with_a_stage_past_half_its_timeout_holds_the_limit():
+    async def run() -> None:
+        gate = Admission(AdmissionConfig(max_active=4))
+        numbers = [(await gate.enter())[1] for _ in range(4)]
+        gate.leave(numbers[0], "late")
+        for number in numbers[1:]:
+            gate.leave(number, "tight")
+        assert gate.limit == 3.0
+        with pytest.raises(ValueError, match="outcome"):
+            gate.leave(0, "slow")
 
     asyncio.run(run())
 
@@ -128,11 +142,11 @@ def test_with_the_limit_cut_searches_wait_for_a_slot_instead_of_running_at_once(
     async def run() -> None:
         gate = Admission(AdmissionConfig(max_active=4, max_waiting=8, max_wait_ms=1000))
         numbers = [(await gate.enter())[1] for _ in range(4)]
-        gate.leave(numbers[0], late=True)  # limit 3, and three still run
+        gate.leave(numbers[0], "late")  # limit 3, and three still run
         waiter = asyncio.ensure_future(gate.enter())
         await asyncio.sleep(0.01)
         assert not waiter.done() and gate.waiting == 1
-        gate.leave(numbers[1], late=False)  # two run: under the limit, the waiter gets the slot
+        gate.leave(numbers[1], "ok")  # two run: under the limit, the waiter gets the slot
         waited, _ = await waiter
         assert waited > 0 and gate.active == 3
 

@@ -10,10 +10,11 @@ when a search is admitted, so time spent waiting for a slot never makes a stage 
 
 The limit adapts (``adaptive``, AIMD as in TCP's congestion control): a search that finishes with a
 stage late (a sign that too many ran at once for these cores) cuts the limit by a quarter, at most
-once per round of searches admitted under the old limit; every search that finishes in time raises
-it by ``1 / limit``, so a round of on-time searches adds one slot, up to ``max_active``. The limit
-thus settles where the searches admitted finish within their stage timeouts, whatever the
-hardware, the catalogue size or the reranker's cost.
+once per round of searches admitted under the old limit; a search whose stages all finished well
+inside their timeouts (under half) raises it by ``1 / limit``, so a round of such searches adds one
+slot, up to ``max_active``; a search in time but with a stage past half its timeout holds it. The
+limit thus settles where the searches admitted finish with room to spare, whatever the hardware,
+the catalogue size or the reranker's cost, rather than where a few of them are already late.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
+
+OUTCOMES = ("ok", "tight", "late")
 
 
 @dataclass(frozen=True)
@@ -107,14 +110,17 @@ class Admission:
         self.admitted += 1
         return self.admitted
 
-    def leave(self, number: int = 0, late: bool = False) -> None:
-        """Give the slot back; ``late``: the search had a stage run past its timeout."""
+    def leave(self, number: int = 0, outcome: str = "ok") -> None:
+        """Give the slot back. ``outcome``: ``late`` (a stage ran past its timeout: cut the limit),
+        ``tight`` (a stage used more than half its timeout: hold it) or ``ok`` (raise it)."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         self.active -= 1
         if self.config.adaptive:
-            if late and number > self._cut_at:
+            if outcome == "late" and number > self._cut_at:
                 self.limit = max(float(self.config.min_active), self.limit * 0.75)
                 self._cut_at = self.admitted
-            elif not late:
+            elif outcome == "ok":
                 self.limit = min(float(self.config.max_active), self.limit + 1 / self.limit)
         self._wake()
 

@@ -182,13 +182,13 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         current.metrics.admission.labels(endpoint=endpoint, outcome="waited" if waited else "admitted").inc()
         if waited:
             current.metrics.admission_wait.observe(waited)
-        late = False
+        outcome = "ok"
         try:
             body = await run_in_threadpool(run, *args)
-            late = _late(body)
+            outcome = _outcome(body, current.config)
             return body
         finally:
-            gate.leave(number, late=late)
+            gate.leave(number, outcome)
             current.metrics.admission_limit.set(gate.limit)
 
     def state() -> ServingState:
@@ -355,11 +355,17 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
     return app
 
 
-def _late(body: Any) -> bool:
-    """Whether a search ran a stage past its timeout or its budget (the admission limit's signal)."""
+def _outcome(body: Any, config: Any) -> str:
+    """The admission limit's signal from a search: ``late`` when a stage ran past its timeout or the
+    budget, ``tight`` when one used more than half its timeout, else ``ok``."""
     stages = body.get("stages", ()) if isinstance(body, dict) else ()
-    return any(s.get("status") == "fallback" and str(s.get("detail") or "").startswith(("late", "no time left"))
-               for s in stages)
+    if any(s.get("status") == "fallback" and str(s.get("detail") or "").startswith(("late", "no time left"))
+           for s in stages):
+        return "late"
+    timeouts = getattr(config, "stage_timeout_ms", {}) or {}
+    if any(s.get("name") in timeouts and float(s.get("ms") or 0) > timeouts[s["name"]] / 2 for s in stages):
+        return "tight"
+    return "ok"
 
 
 def _key(raw: dict[str, Any]) -> str | None:
