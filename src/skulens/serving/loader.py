@@ -116,7 +116,7 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
 
 def onnx_threads(serving: Any) -> int:
     """Intra-op threads per ONNX Runtime session: ``serving.onnx_threads``, or (0) the cores shared
-    out between the worker processes. Measured on 2 cores (docs/benchmarks/serving_profile.md): two
+    out between the worker processes. Measured on 2 cores (docs/benchmarks/onnx_threads.md): two
     threads in one process cut a lone query's latency, but under concurrent load a second thread
     per session only spins and contends, so two workers of one thread each serve the most."""
     if serving.onnx_threads:
