@@ -197,7 +197,7 @@ class _CountingEncoder(WordHashEncoder):
 
 class _AlwaysFused(SearchPipeline):
     def _lexical_decides(self, *args, **kwargs):
-        return None
+        return None, None
 
 
 def test_with_a_zero_fusion_weight_bm25_alone_decides_a_full_page_and_it_is_the_fused_page(parts):

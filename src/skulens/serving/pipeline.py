@@ -219,9 +219,9 @@ class SearchPipeline:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for part in (self.encoder, self.reranker):
-            close = getattr(part, "close", None) if hasattr(type(part), "close") else None
+            close = getattr(type(part), "close", None)  # batchers have one (their thread); plain scorers not
             if close is not None:
-                close()  # a batcher's thread
+                close(part)
 
     @property
     def inflight(self) -> int:
@@ -330,7 +330,7 @@ class SearchPipeline:
 
         exclude = self.rules.hidden if self.rules is not None else ()
         filters = _merge(request.filters, derived)
-        decided = self._lexical_decides(text, request, filters, depth, exclude, want, stages)
+        decided, known_lexical = self._lexical_decides(text, request, filters, depth, exclude, want, stages)
         if decided is not None:
             vector = None
             stages.append(StageReport("encode", 0.0, "skipped", "the index version's learned fusion weight is 0 "
@@ -358,7 +358,8 @@ class SearchPipeline:
         if decided is not None:
             dense, lexical = [], decided[1]
         else:
-            dense, lexical = self._retrieve("retrieve", text, filters, hits, started, stages, fallbacks)
+            dense, lexical = self._retrieve("retrieve", text, filters, hits, started, stages, fallbacks,
+                                            known_lexical)
         if derived and not (dense or lexical):
             # The filters read from the query emptied the page (say, a price limit on a catalogue
             # without prices): relax them rather than answer nothing.
@@ -418,7 +419,8 @@ class SearchPipeline:
                             self.config.variant, llm, cache)
 
     def _retrieve(self, name: str, query: str | None, filters: Filters | None, hits: _Hits, started: float,
-                  stages: list[StageReport], fallbacks: list[str]) -> tuple[list, list]:
+                  stages: list[StageReport], fallbacks: list[str], known_lexical: list | None = None
+                  ) -> tuple[list, list]:
         """Dense and lexical hits. BM25 answers in about a millisecond, so it runs in the request's
         own thread and is never dropped for lateness; the dense side of a text search runs beside it
         in the pool under the stage timeout, and when it is late or fails the page is the lexical
@@ -436,7 +438,9 @@ class SearchPipeline:
             else:
                 problems["dense"] = f"late: no time left of the {self.config.total_budget_ms:.0f} ms budget"
         lexical: list = []
-        if query:
+        if query and known_lexical is not None:
+            lexical = known_lexical  # already searched, with these filters, by _lexical_decides
+        elif query:
             try:
                 lexical = self.lexical.search(query, k=hits.depth, filters=filters, exclude=hits.exclude)
             except Exception as exc:  # noqa: BLE001 - a failing lexical index falls back to the dense side
@@ -471,28 +475,30 @@ class SearchPipeline:
         return dense, lexical
 
     def _lexical_decides(self, text: str | None, request: SearchRequest, filters: Filters | None, depth: int,
-                         exclude: Any, want: int, stages: list[StageReport]) -> tuple[list, list] | None:
-        """(fused, lexical) when BM25 alone decides the page under the learned ranking policy (its
-        fusion weight is 0 and enough lexical hits score above every dense-only candidate: see
-        :meth:`RankingPolicy.lexical_decides`), with the retrieve stage reported; None otherwise.
+                         exclude: Any, want: int, stages: list[StageReport]
+                         ) -> tuple[tuple[list, list] | None, list | None]:
+        """((fused, lexical), lexical) when BM25 alone decides the page under the learned ranking
+        policy (its fusion weight is 0 and enough lexical hits score above every dense-only
+        candidate: see :meth:`RankingPolicy.lexical_decides`), with the retrieve stage reported;
+        (None, the lexical hits searched or None) otherwise, so the full path need not search again.
 
         Only for a text search whose page no rule reorders from deeper candidates (no pins for the
         query, no per-category cap): the page is then the one the full fusion gives."""
         if not text or request.image is not None or self.ranking.fusion_weight != 0.0:
-            return None
+            return None, None
         if self.rules is not None and (self.rules.max_per_category > 0 or self.rules.pinned):
-            return None
+            return None, None
         t = time.perf_counter()
         try:
             lexical = self.lexical.search(text, k=depth, filters=filters, exclude=exclude)
         except Exception:  # noqa: BLE001 - the full path runs (and reports) the lexical failure
-            return None
+            return None, None
         # Collapse looks two pages deep for near-duplicates, so twice the page must be decided.
         fused = self.ranking.lexical_decides(lexical, 2 * want)
         if fused is None:
-            return None
+            return None, lexical
         stages.append(StageReport("retrieve", _ms(t), "ok", "lexical only: the dense side could not change the page"))
-        return fused, lexical
+        return (fused, lexical), lexical
 
     def _dense(self, hits: _Hits, filters: Filters | None) -> list:
         return self.store.search(hits.vector, k=hits.depth, filters=filters, exclude=hits.exclude)[0]

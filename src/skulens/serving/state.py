@@ -46,7 +46,7 @@ class ServingState:
         from skulens.serving.llm.cascade import build_cascade
 
         state = cls(settings, metrics, catalog=catalog)
-        served = state._build("control", None, settings.serving.reranker_version)
+        served = state._build("control", None, None)  # _build applies serving.reranker_version
         if with_cascade:
             state.cascade = build_cascade(settings, served.vocabulary, on_step=metrics.observe_llm_step)
             served.pipeline.cascade = state.cascade
