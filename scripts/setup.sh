@@ -64,6 +64,19 @@ ensure_promtool() {
   fi
 }
 
+ensure_redis() {
+  # Debian's redis-server: the Redis online feature store is tested against a real server that the
+  # test starts on loopback. Optional like Chromium: without it that test is skipped locally.
+  if command -v redis-server >/dev/null 2>&1 || [ -n "${SKULENS_NO_REDIS:-}" ]; then return 0; fi
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
+  log "redis-server not found: installing Debian's redis-server with apt (online store tests)"
+  if ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 ||
+         { DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq &&
+           DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }; }; then
+    log "warning: redis-server could not be installed; the Redis online store test will be skipped"
+  fi
+}
+
 inputs_hash() {
   cat pyproject.toml requirements/constraints.txt requirements/lock.txt scripts/setup.sh \
     | sha256sum | cut -d' ' -f1
@@ -82,6 +95,7 @@ fi
 ensure_java
 ensure_chromium
 ensure_promtool
+ensure_redis
 if up_to_date; then
   log "environment up to date ($VENV)"
   exit 0

@@ -34,3 +34,10 @@ class SearchService:
         from skulens.serving.state import ServingState
 
         _STATE["state"] = ServingState.load(_SETTINGS, ServingMetrics(bentoml.metrics))
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Graceful shutdown: the event log writes what it holds and publishes its last file."""
+        state = _STATE.get("state")
+        if state is not None:
+            state.stop()

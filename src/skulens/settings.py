@@ -133,12 +133,44 @@ class KafkaSettings(_Model):
     events_topic: str = "skulens.events"
 
 
+class OnlineStoreSettings(_Model):
+    """Where the stream job upserts online features and the service reads them."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: Path | None = None  # default SKULENS_HOME/stream/online.db
+    redis_url: str | None = None
+    key_prefix: str = "skulens"
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> OnlineStoreSettings:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("stream.online_store.backend is 'redis' but redis_url is missing")
+        return self
+
+
 class StreamSettings(_Model):
-    """The click stream: a folder of files locally, Kafka in production."""
+    """The event stream: the service's landing zone (files locally, Kafka in production), the stream
+    job that reads it, and the online features it writes."""
 
     backend: Literal["files", "kafka"] = "files"
     files_dir: Path | None = None
     kafka: KafkaSettings | None = None
+    # The service side: records queued per worker (past it they are dropped and counted), and how
+    # often a landing file is closed and published.
+    queue_size: int = Field(20_000, ge=1)
+    rotate_s: float = Field(1.0, gt=0)
+    rotate_bytes: int = Field(8 << 20, ge=1024)
+    # The stream job: seconds between micro-batches of `skulens stream run`, files per batch, how
+    # long (event time) a click waits for its search record before it is written orphaned, and the
+    # oldest event accepted.
+    trigger_s: float = Field(2.0, gt=0)
+    max_files_per_trigger: int = Field(1000, ge=1)
+    click_watermark_s: float = Field(600.0, ge=0)
+    max_event_age_days: int = Field(7, ge=1)
+    online_store: OnlineStoreSettings = Field(default_factory=OnlineStoreSettings)
+    # The service's cache of online features: refreshed this often; older than stale_s is flagged.
+    features_refresh_s: float = Field(2.0, gt=0)
+    features_stale_s: float = Field(120.0, gt=0)
 
     @model_validator(mode="after")
     def _backend_settings(self) -> StreamSettings:

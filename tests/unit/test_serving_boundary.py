@@ -8,6 +8,7 @@ import base64
 import io
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import schemathesis
@@ -194,6 +195,12 @@ def test_fuzzed_requests_never_get_a_server_error_and_match_the_schema(client, m
 
 
 def test_reloads_under_load_drain_the_old_variant_and_degrade_nothing(client):  # noqa: F811
+    # Generous stage timeouts: this test is about draining, and a garbage-collection pause of the
+    # test process (after the fuzzer) must not read as a late stage.
+    state = client.state_obj
+    state.config = replace(state.config, total_budget_ms=5000.0,
+                           stage_timeout_ms=dict.fromkeys(state.config.stage_timeout_ms, 2000.0))
+    state.variants["control"] = state._build("control", None, None)
     results: list[tuple[int, list[str], int]] = []
     stop = threading.Event()
 

@@ -5,10 +5,12 @@ through its ASGI interface. Every problem with a request is a 4xx whose body nam
 (``{"error": ...}``); a stage that fails inside the pipeline is a flagged fallback, not a 5xx.
 
 Endpoints: ``POST /search`` (JSON, or multipart with a photo file), ``POST /recommend/similar``,
-``POST /recommend/session``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``, the web page at
-``GET /``, product photos at ``GET /products/{id}/image``, and the admin endpoints (``GET
-/admin/status``, ``POST /admin/reload``, ``POST /admin/traffic``), which need the API key from
-the environment variable ``serving.admin_key_env`` names, sent as ``X-API-Key`` or a bearer token.
+``POST /recommend/session`` (each answer carries a ``search_id`` and is logged as a search record),
+``POST /events`` (clicks, carts and purchases of shown results), ``GET /healthz``, ``GET /readyz``,
+``GET /metrics``, the web page at ``GET /``, product photos at ``GET /products/{id}/image``, and
+the admin endpoints (``GET /admin/status``, ``POST /admin/reload``, ``POST /admin/traffic``), which
+need the API key from the environment variable ``serving.admin_key_env`` names, sent as
+``X-API-Key`` or a bearer token.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hmac
 import json
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
 from typing import Any
@@ -239,16 +242,27 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
     @app.post("/search", response_model=schemas.SearchResponse, responses=schemas.errors(400, 413, 503),
               openapi_extra=schemas.request_body(schemas.SearchBody, schemas.SearchForm))
     async def search(request: Request) -> JSONResponse:
+        started = time.perf_counter()
         current = state()
         raw, image = await _search_input(request)
         parsed = SearchRequest.parse(raw, current.config, image=image)
         body = await admitted(current, "/search", current.search, parsed)
+        current.events.record_search("/search", body, query_raw=parsed.text, user_id=parsed.user_id,
+                                     session_id=parsed.session_id, latency_ms=_ms(started))
         current.metrics.requests.labels(endpoint="/search", status="200").inc()
         return JSONResponse(body)
+
+    @app.post("/events", response_model=schemas.EventsResponse, responses=schemas.errors(400, 413, 503),
+              openapi_extra=schemas.request_body(schemas.EventsBody))
+    async def events(request: Request) -> JSONResponse:
+        current = state()
+        raw = await _json_body(request)
+        return JSONResponse(current.events.accept(raw))
 
     @app.post("/recommend/similar", response_model=schemas.RecommendResponse,
               responses=schemas.errors(400, 404, 413, 503), openapi_extra=schemas.request_body(schemas.SimilarBody))
     async def similar(request: Request) -> JSONResponse:
+        started = time.perf_counter()
         current = state()
         raw = await _json_body(request)
         reject_unknown(raw, {"product_id", "k", "filters", "user_id", "session_id"})
@@ -259,11 +273,14 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         k = bounded_int(raw, "k", 10, current.config.max_k)
         recommender = current.recommender(_key(raw))
         body = await admitted(current, "/recommend/similar", recommender.similar, product_id, k, filters)
+        current.events.record_search("/recommend/similar", body, query_raw=None, user_id=raw.get("user_id"),
+                                     session_id=raw.get("session_id"), latency_ms=_ms(started))
         return JSONResponse(current.with_photos(body))
 
     @app.post("/recommend/session", response_model=schemas.RecommendResponse,
               responses=schemas.errors(400, 413, 503), openapi_extra=schemas.request_body(schemas.SessionBody))
     async def session(request: Request) -> JSONResponse:
+        started = time.perf_counter()
         current = state()
         raw = await _json_body(request)
         reject_unknown(raw, {"product_ids", "k", "category", "user_id", "session_id"})
@@ -278,6 +295,8 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         body = await admitted(current, "/recommend/session", recommender.session, ids, k, category)
         if not body["items"]:
             current.metrics.zero_results.labels(endpoint="recommend_session").inc()
+        current.events.record_search("/recommend/session", body, query_raw=None, user_id=raw.get("user_id"),
+                                     session_id=raw.get("session_id"), latency_ms=_ms(started))
         return JSONResponse(current.with_photos(body))
 
     @app.get("/products/{product_id}/image", response_class=FileResponse, responses=schemas.errors(404, 503))
@@ -366,6 +385,10 @@ def _outcome(body: Any, config: Any) -> str:
     if any(s.get("name") in timeouts and float(s.get("ms") or 0) > timeouts[s["name"]] / 2 for s in stages):
         return "tight"
     return "ok"
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000
 
 
 def _key(raw: dict[str, Any]) -> str | None:

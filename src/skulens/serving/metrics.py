@@ -47,6 +47,17 @@ class ServingMetrics:
                                                 buckets=STAGE_BUCKETS, **extra)
         self.batch_size = factory.Histogram("skulens_batch_size", "Items per batched model call", ["model"],
                                             buckets=BATCH_BUCKETS, **extra)
+        # The event log (search records and client events on their way to the stream job).
+        self.events_logged = factory.Counter("skulens_events_logged", "Records written to the landing zone",
+                                             **extra)
+        self.events_dropped = factory.Counter("skulens_events_dropped", "Records that never reached the landing "
+                                              "zone (queue_full, write_error, unserialisable, closed)", ["reason"],
+                                              **extra)
+        self.events_backlog = factory.Gauge("skulens_events_backlog", "Records queued for the writer", **extra)
+        self.client_events = factory.Counter("skulens_client_events", "POST /events events by outcome "
+                                             "(accepted, duplicate)", ["type", "outcome"], **extra)
+        self.feature_lookups = factory.Counter("skulens_feature_lookups", "Online feature lookups by result "
+                                               "(hit, miss, stale, unavailable)", ["result"], **extra)
 
     @classmethod
     def standalone(cls) -> ServingMetrics:

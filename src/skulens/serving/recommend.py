@@ -42,8 +42,9 @@ class Recommender:
     product id -> category path; ``popularity``: product id -> score (may be empty)."""
 
     def __init__(self, store: Any, titles: Mapping[str, str], categories: Mapping[str, Sequence[str]],
-                 popularity: Mapping[str, float] | None = None, half_life: float = 2.0) -> None:
+                 popularity: Mapping[str, float] | None = None, half_life: float = 2.0, features: Any = None) -> None:
         self.store, self.titles, self.categories = store, titles, categories
+        self.features = features  # the online feature cache: live popularity for cold starts
         self.popularity = dict(popularity or {})
         self.half_life = half_life
         self._typical: dict[str, list[str]] = {}
@@ -81,6 +82,11 @@ class Recommender:
         members = [pid for pid, path in self.categories.items() if any(c.casefold() == wanted for c in path)]
         if not members:
             raise RequestError(f"unknown category {category!r}")
+        live = self._live_popularity(members)
+        if live:
+            ranked = sorted((p for p in members if p not in seen), key=lambda p: (-live.get(p, 0.0), p))[:k]
+            items = [{"product_id": pid, "title": self.titles.get(pid), "score": live.get(pid, 0.0)} for pid in ranked]
+            return {"items": items, "source": "popular_in_category (online, 7 days)", "unknown": unknown}
         if self.popularity:
             ranked = sorted((p for p in members if p not in seen), key=lambda p: (-self.popularity.get(p, 0.0), p))[:k]
             items = [{"product_id": pid, "title": self.titles.get(pid), "score": self.popularity.get(pid, 0.0)}
@@ -89,6 +95,17 @@ class Recommender:
         return {"items": [{"product_id": pid, "title": self.titles.get(pid), "score": score}
                           for pid, score in self._most_typical(category, members) if pid not in seen][:k],
                 "source": "typical_in_category (no click log)", "unknown": unknown}
+
+    def _live_popularity(self, members: list[str]) -> dict[str, float]:
+        """7-day popularity of ``members`` from the online features (empty when none has any)."""
+        if self.features is None or self.features.status() is not None:
+            return {}
+        found = {}
+        for pid in members:
+            features = self.features.lookup(f"product:{pid}")
+            if features and features.get("popularity_7d"):
+                found[pid] = float(features["popularity_7d"])
+        return found
 
     def _most_typical(self, category: str, members: list[str]) -> list[tuple[str, float]]:
         key = category.casefold()

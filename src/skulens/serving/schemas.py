@@ -8,7 +8,7 @@ response must match the schema declared here).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -81,6 +81,31 @@ class TrafficBody(_Closed):
     traffic: dict[str, float] = Field(..., description="shares per loaded variant, adding up to 1")
 
 
+class ClientEventBody(_Closed):
+    """A shopper's action on a shown result (the events contract; see skulens.streaming.records)."""
+
+    event_id: str = Field(..., pattern=r"^[A-Za-z0-9_.:@#/-]{1,128}$", description="unique; a resend is a duplicate")
+    type: Literal["click", "add_to_cart", "purchase"]
+    search_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@#/-]{1,128}$",
+                                  description="the search_id of the response (required for a click)")
+    product_id: str = Field(..., pattern=r"^[A-Za-z0-9_.:@#/-]{1,128}$")
+    position: int | None = Field(None, ge=1, le=5000)
+    ts: str | None = Field(None, description="ISO 8601 time with a zone (default: when received)")
+    user_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@#/-]{1,128}$")
+    session_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@#/-]{1,128}$")
+
+
+class EventsBody(_Closed):
+    """``POST /events``: up to 100 events (a single event object is accepted too)."""
+
+    events: list[ClientEventBody] = Field(..., min_length=1, max_length=100)
+
+
+class EventsResponse(_Open):
+    accepted: int
+    duplicates: list[str]
+
+
 class ErrorBody(_Open):
     error: str
 
@@ -104,6 +129,7 @@ class Stage(_Open):
 
 
 class SearchResponse(_Open):
+    search_id: str
     items: list[SearchItem]
     query: str | None
     rewrites: list[dict[str, Any]]
@@ -121,6 +147,7 @@ class RecommendItem(Item):
 
 
 class RecommendResponse(_Open):
+    search_id: str
     items: list[RecommendItem]
     source: str
 
@@ -163,7 +190,7 @@ def request_body(json_model: type[BaseModel] | None = None,
 
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (SearchBody, SearchForm, SimilarBody, SessionBody, ReloadBody,
-                                               TrafficBody, SearchFilters, ErrorBody)
+                                               TrafficBody, SearchFilters, EventsBody, ErrorBody)
 
 
 def add_request_schemas(spec: dict[str, Any]) -> dict[str, Any]:

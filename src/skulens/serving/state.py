@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from skulens.serving.feedback import ServiceEvents, add_features
 from skulens.serving.loader import Served, load_served
 from skulens.serving.pipeline import RequestError, SearchRequest, ServingConfig
 
@@ -38,6 +39,10 @@ class ServingState:
         self.pinned_index: str | None = None
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
+        # The loop: search records and client events out (no event log until load() makes one:
+        # searches still get their search_id), online features in (None: none read).
+        self.events = ServiceEvents(None, metrics)
+        self.features: Any = None
 
     @classmethod
     def load(cls, settings: Any, metrics: Any, *, catalog: str | None = None, with_cascade: bool = True
@@ -55,7 +60,17 @@ class ServingState:
                           or {"control": 1.0})
         if settings.serving.watch_index_s > 0:
             state.watch_index(settings.serving.watch_index_s)
+        state.start_loop()
         return state
+
+    def start_loop(self) -> None:
+        """The event log (``stream`` settings) and the online feature cache."""
+        from skulens.streaming.online import FeatureCache, open_store
+
+        stream = self.settings.stream
+        self.events = ServiceEvents.from_settings(self.settings, self.metrics)
+        self.features = FeatureCache(lambda: open_store(self.settings), stream.features_refresh_s,
+                                     stream.features_stale_s).start()
 
     # -- following the published index ---------------------------------------------------------
     def published_index(self) -> str | None:
@@ -91,7 +106,11 @@ class ServingState:
         self._watcher.start()
 
     def stop(self) -> None:
+        """Stop the watchers; write what the event log holds (graceful shutdown)."""
         self._stop.set()
+        self.events.close()
+        if self.features is not None:
+            self.features.close()
 
     def _build(self, variant: str, index_version: str | None, reranker_version: int | None) -> Served:
         # A reload that names no reranker version keeps the one configured (serving.reranker_version).
@@ -197,6 +216,9 @@ class ServingState:
             if entered:
                 served.pipeline.enter()
         result = served.pipeline.search(request, entered=True) if entered else served.pipeline.search(request)
+        flag = add_features(result.items, self.features, self.metrics)
+        if flag:
+            result.fallbacks.append(flag)
         self.metrics.observe_search(result)
         body = self.with_photos(result.to_dict(), served)
         for item in body["items"]:
@@ -216,5 +238,6 @@ class ServingState:
         served = self.served(key)
         if getattr(served, "recommender", None) is None:
             popularity = popularity_from_events(self.settings.events_dir / self.catalog)
-            served.recommender = Recommender(served.live, served.titles, served.categories, popularity)
+            served.recommender = Recommender(served.live, served.titles, served.categories, popularity,
+                                             features=self.features)
         return served.recommender

@@ -59,3 +59,31 @@ def pairs_dir(settings: Any) -> Path:
     if current is None:
         raise FileNotFoundError("no published training pairs; run the catalog_ingest pipeline first")
     return current
+
+
+class StreamPaths:
+    """The stream's folders: the landing zone the service writes, and what the stream job writes.
+
+    ``landing``      JSON lines from the service (``stream.files_dir``)
+    ``checkpoint``   Spark's offsets and commits (what makes a restart exact)
+    ``events``       the events table: Parquet, partitioned by ``date`` and ``batch_id``
+    ``dead_letter``  rows that broke a rule (``rule``, ``field``, the line), same partitions
+    ``state``        clicks waiting for their impression, per batch
+    ``aggregates``   windowed per-product and per-query aggregates (the latest batch's)
+    ``online_db``    the embedded online feature store (SQLite)
+    """
+
+    def __init__(self, root: Path, landing: Path) -> None:
+        self.root, self.landing = root, landing
+        self.checkpoint = root / "checkpoints" / "events"
+        self.events = root / "tables" / "events"
+        self.dead_letter = root / "tables" / "dead_letter"
+        self.state = root / "state"
+        self.aggregates = root / "aggregates"
+        self.online_db = root / "online.db"
+
+
+def stream_paths(settings: Any) -> StreamPaths:
+    """Where the stream lives under ``SKULENS_HOME/stream`` (the landing zone may be elsewhere)."""
+    root = settings.home / "stream"
+    return StreamPaths(root, Path(settings.stream.files_dir or root / "landing"))

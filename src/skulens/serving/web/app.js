@@ -27,9 +27,26 @@ function photoUrl(value) {
   return typeof value === "string" && /^\/products\/[^/]+\/image$/.test(value) ? value : null;
 }
 
-function card(item) {
+// What the shopper does with a result goes back to the service (POST /events), tied to the search
+// that showed it: the stream job turns it into the product's online features.
+let shown = {searchId: null};
+
+function send(type, productId, position) {
+  if (!shown.searchId) return;
+  const event = {event_id: crypto.randomUUID(), type, search_id: shown.searchId, product_id: productId,
+                 position, ts: new Date().toISOString()};
+  // keepalive: the event is still sent when the click navigates away (the "similar products" link).
+  fetch("/events", {method: "POST", headers: {"content-type": "application/json"}, keepalive: true,
+                    body: JSON.stringify({events: [event]})}).catch(() => {});
+}
+
+function card(item, index) {
   const div = el("div", {class: "card"});
   div.dataset.productId = String(item.product_id);
+  const position = index + 1;
+  div.addEventListener("click", (e) => {
+    if (!e.target.classList.contains("cart")) send("click", String(item.product_id), position);
+  });
   const src = photoUrl(item.image);
   div.append(src ? el("img", {src, alt: ""}) : el("div", {class: "noimg", text: "no photo"}));
   div.append(el("h3", {text: String(item.title || item.product_id)}));
@@ -43,6 +60,9 @@ function card(item) {
   const link = el("a", {class: "similar", text: "similar products"});
   link.href = `?similar=${encodeURIComponent(item.product_id)}`;
   div.append(link);
+  const cart = el("button", {class: "cart", type: "button", text: "add to cart"});
+  cart.addEventListener("click", () => send("add_to_cart", String(item.product_id), position));
+  div.append(cart);
   return div;
 }
 
@@ -80,6 +100,7 @@ async function search() {
   }
   try {
     const r = await call("/search", init);
+    shown = {searchId: r.search_id};
     const stages = r.stages.map((s) => `${s.name} ${Number(s.ms).toFixed(1)} ms`).join(" · ");
     const rewrites = r.rewrites.length
       ? ` · rewrites: ${r.rewrites.map((w) => String(w.to || w.kind)).join(", ")}` : "";
@@ -94,6 +115,7 @@ async function similar(id) {
   try {
     const r = await call("/recommend/similar", {method: "POST", headers: {"content-type": "application/json"},
                                                 body: JSON.stringify({product_id: id, k: 24})});
+    shown = {searchId: r.search_id};
     show(r.items, "Products similar to ", el("b", {text: id}));
   } catch (e) { failed(e); }
 }
