@@ -76,6 +76,9 @@ def test_dag_runs_end_to_end_on_bundled_data(settings_at, airflow_db):
     write_events(simulate_events(read_table(settings_at, "homedepot", "judgments"), config),
                  settings_at.events_dir / "homedepot", config, source="test")
 
+    # And what a running service logged, as the stream job writes it: the marts read both.
+    _service_events(settings_at, ["15970", "39386", "59263"])
+
     run = _dag().test()
     latest = json.loads((settings_at.reports_dir / "catalog_ingest" / "latest.json").read_text())
     assert run.state == DagRunState.SUCCESS, latest
@@ -97,6 +100,35 @@ def test_dag_runs_end_to_end_on_bundled_data(settings_at, airflow_db):
         searches = con.execute("select sum(searches) from query_performance").fetchone()[0]
         coverage = con.execute("select sum(products) from catalog_coverage where catalog = 'fashion'").fetchone()[0]
     assert searches > 0 and coverage == 42_874
+    with duckdb.connect(str(settings_at.dbt.duckdb_path), read_only=True) as con:
+        origins = dict(con.execute("select origin, count(*) from stg_events group by origin").fetchall())
+        clicked = con.execute("select impressions, clicks from product_engagement "
+                              "where product_key = 'fashion:15970'").fetchone()
+    assert origins["service"] == 4 and origins["simulated"] > 1000
+    assert clicked == (1, 1)
+
+
+def _service_events(settings, product_ids):
+    """One search record showing ``product_ids`` and a click on the first, as events-table rows."""
+    from datetime import UTC, datetime
+
+    from skulens.storage.layout import stream_paths
+    from skulens.streaming.job import _arrow_schema
+    from skulens.streaming.records import flatten, iso, search_record
+
+    now = datetime.now(UTC)
+    body = {"items": [{"product_id": p, "scores": {"bm25": 1.0}} for p in product_ids], "query": "blue shirt",
+            "variant": "control", "versions": {"index": "v1"}}
+    record = search_record("svc-1", "/search", body, query_raw="blue shirt", user_id="u1", session_id="s1",
+                           latency_ms=5.0, ts=now, catalog="fashion")
+    rows = flatten(json.dumps(record), now)[0]
+    rows = [r for r in rows if r["event_type"] == "impression"]
+    click = flatten(json.dumps({"kind": "click", "event_id": "svc-c1", "search_id": "svc-1", "position": 1,
+                                "product_id": product_ids[0], "ts": iso(now)}), now)[0]
+    rows += [{**r, "catalog": "fashion", "query": "blue shirt"} for r in click]
+    folder = stream_paths(settings).events / f"date={now.date()}" / "batch_id=0"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=_arrow_schema(events_only=True)), folder / "part-0.parquet")
 
 
 def test_train_and_export_dag_registers_and_gates(settings_at, airflow_db):

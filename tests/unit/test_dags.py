@@ -65,3 +65,22 @@ def test_catalog_ingest_shape(dagbag):
     assert dag.get_task("report").trigger_rule == "all_done"
     outlets = {a.name for t in dag.tasks for a in t.outlets}
     assert outlets == {"skulens_prepared_catalog", "skulens_training_pairs", "skulens_marts"}
+
+
+def test_refresh_features_runs_the_stream_every_15_minutes_then_checks_dead_letters(dagbag):
+    from datetime import timedelta
+
+    dag = dagbag.dags["refresh_features"]
+    assert dag.get_task("check_dead_letters").upstream_task_ids == {"stream_once"}
+    assert dag.get_task("check_dead_letters").retries == 0
+    assert f"delta={timedelta(minutes=15)!r}" in repr(dag.timetable)
+
+
+def test_the_dead_letter_check_names_the_rule_and_ignores_resends():
+    from skulens.pipelines.refresh_features import DeadLetterError, check_dead_letters
+
+    fine = {"lines": 100, "events": 300, "dead": {"duplicate": 40, "json": 2}, "batches": [0], "orphaned": 0,
+            "features": 10}
+    assert check_dead_letters(fine, 0.05)["dead_share"] == 0.02
+    with pytest.raises(DeadLetterError, match="most often 'type:time' \\(7\\)"):
+        check_dead_letters({**fine, "dead": {"type:time": 7, "json": 2}}, 0.05)

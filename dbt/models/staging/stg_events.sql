@@ -1,6 +1,8 @@
--- Events with a search_id: a search starts at each position-1 impression of a session, and the
--- clicks, carts and purchases that follow belong to it.
-with ordered as (
+-- Every search event with a search_id and its origin: 'service' (what the running service logged,
+-- through the stream job's events table) and 'simulated' (the simulator's log of the homedepot
+-- catalogue, until real logs replace it). Search rows of the service are left out: the marts count
+-- impressions, clicks, carts and purchases.
+with simulated as (
     select
         event_id,
         ts,
@@ -16,6 +18,29 @@ with ordered as (
             over (partition by session_id order by ts, event_id rows between unbounded preceding and current row)
             as search_seq
     from {{ source('skulens', 'events') }}
+),
+service as (
+    select
+        event_id,
+        cast(ts as timestamp with time zone) as ts,
+        user_id,
+        session_id,
+        query,
+        catalog || ':' || product_id as product_key,
+        event_type,
+        position,
+        null as experiment,
+        variant,
+        search_id
+    from {{ source('skulens', 'service_events') }}
+    where event_type <> 'search'
 )
-select *, session_id || '#' || cast(search_seq as varchar) as search_id
-from ordered
+select
+    event_id, ts, user_id, session_id, query, product_key, event_type, position, experiment, variant,
+    session_id || '#' || cast(search_seq as varchar) as search_id, 'simulated' as origin
+from simulated
+union all
+select
+    event_id, ts, user_id, session_id, query, product_key, event_type, position, experiment, variant,
+    search_id, 'service' as origin
+from service

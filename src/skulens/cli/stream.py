@@ -27,24 +27,24 @@ def run(
     from skulens.storage.layout import stream_paths
     from skulens.streaming.job import start_query
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     settings = settings_from()
     paths = stream_paths(settings)
     console.print(f"stream job: {settings.stream.backend} source "
                   f"{paths.landing if settings.stream.backend == 'files' else settings.stream.kafka}, "
                   f"tables under {paths.root}, online store {settings.stream.online_store.backend}"
-                  f"{' (once)' if once else ''}")
+                  f"{' (once)' if once else ''}", soft_wrap=True)
     spark = spark_session(settings, app_name="skulens-stream-events")
     reports = []
     query = start_query(spark, settings, once=once, trigger_s=trigger_s,
-                        on_batch=lambda r: (reports.append(r), console.print(r.line())))
+                        on_batch=lambda r: (reports.append(r), console.print(r.line(), soft_wrap=True)))
     try:
         query.awaitTermination()
     except KeyboardInterrupt:
         query.stop()
     if query.exception() is not None:
         raise RuntimeError(f"stream job failed: {query.exception()}")
-    console.print(f"done: {len(reports)} batch(es), {sum(r.events for r in reports)} events written")
+    console.print(f"done: {len(reports)} batch(es), {sum(r.events for r in reports)} events written", soft_wrap=True)
 
 
 @app.command("status")

@@ -117,7 +117,7 @@ def dbt_build(settings: Settings, run_id: str) -> dict[str, Any]:
     from skulens.data.catalog import catalog_dir
     from skulens.storage import VersionedDir
     from skulens.storage.layout import pairs_store, prepared_store
-    from skulens.warehouse.dbt import DbtInputs, run_dbt
+    from skulens.warehouse.dbt import DbtInputs, run_dbt, service_events_folder
 
     with stage(settings, PIPELINE, run_id, "dbt_build") as out:
         events = VersionedDir(settings.events_dir / QUERIES).current()
@@ -125,7 +125,7 @@ def dbt_build(settings: Settings, run_id: str) -> dict[str, Any]:
             raise FileNotFoundError("no events for the marts: run `skulens datasets simulate-events` or import logs")
         inputs = DbtInputs(prepared=prepared_store(settings, CATALOG).current(),
                            homedepot=catalog_dir(settings, QUERIES), events=events,
-                           pairs=pairs_store(settings).current())
+                           pairs=pairs_store(settings).current(), service_events=service_events_folder(settings))
         out.update(run_dbt(settings, inputs).to_dict())
         return out
 

@@ -29,14 +29,15 @@ FEATURES = ("ctr_prior", "popularity_7d")
 
 
 class ServiceEvents:
-    def __init__(self, log: Any, metrics: Any, *, seen_size: int = 100_000,
+    def __init__(self, log: Any, metrics: Any, *, catalog: str | None = None, seen_size: int = 100_000,
                  max_age: timedelta = timedelta(days=7)) -> None:
         self.log, self.metrics, self.seen_size, self.max_age = log, metrics, seen_size, max_age
+        self.catalog = catalog
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Any, metrics: Any) -> ServiceEvents:
+    def from_settings(cls, settings: Any, metrics: Any, catalog: str | None = None) -> ServiceEvents:
         """The event log ``stream`` configures: rotated files in ``stream.files_dir`` or Kafka."""
         from skulens.storage.layout import stream_paths
         from skulens.streaming.landing import EventLog, FileSink, KafkaSink
@@ -51,7 +52,7 @@ class ServiceEvents:
         log = EventLog(sink, max_queue=config.queue_size,
                        on_drop=lambda reason, n: metrics.events_dropped.labels(reason=reason).inc(n),
                        on_write=metrics.events_logged.inc)
-        return cls(log, metrics, max_age=timedelta(days=config.max_event_age_days))
+        return cls(log, metrics, catalog=catalog, max_age=timedelta(days=config.max_event_age_days))
 
     def record_search(self, endpoint: str, body: dict[str, Any], *, query_raw: str | None, user_id: str | None,
                       session_id: str | None, latency_ms: float) -> str:
@@ -60,7 +61,8 @@ class ServiceEvents:
         body["search_id"] = search_id
         if self.log is not None:
             self.log.offer(search_record(search_id, endpoint, body, query_raw=query_raw, user_id=user_id,
-                                         session_id=session_id, latency_ms=latency_ms, ts=datetime.now(UTC)))
+                                         session_id=session_id, latency_ms=latency_ms, ts=datetime.now(UTC),
+                                         catalog=self.catalog))
             self.metrics.events_backlog.set(self.log.backlog)
         return search_id
 

@@ -41,7 +41,7 @@ class ServingState:
         self._stop = threading.Event()
         # The loop: search records and client events out (no event log until load() makes one:
         # searches still get their search_id), online features in (None: none read).
-        self.events = ServiceEvents(None, metrics)
+        self.events = ServiceEvents(None, metrics, catalog=self.catalog)
         self.features: Any = None
 
     @classmethod
@@ -68,7 +68,7 @@ class ServingState:
         from skulens.streaming.online import FeatureCache, open_store
 
         stream = self.settings.stream
-        self.events = ServiceEvents.from_settings(self.settings, self.metrics)
+        self.events = ServiceEvents.from_settings(self.settings, self.metrics, self.catalog)
         self.features = FeatureCache(lambda: open_store(self.settings), stream.features_refresh_s,
                                      stream.features_stale_s).start()
 

@@ -57,7 +57,8 @@ DEFAULT_ETA = 1.0
 FAULT_ENV = "SKULENS_STREAM_FAULT"  # tests only: "kill_after_events:<batch_id>"
 
 _SCHEMA = (
-    "event_id string, search_id string, ts timestamp, event_type string, product_id string, position int, "
+    "event_id string, search_id string, ts timestamp, event_type string, catalog string, product_id string, "
+    "position int, "
     "query string, query_raw string, user_id string, session_id string, endpoint string, variant string, "
     "versions string, scores string, results int, latency_ms double, fallbacks string, orphaned boolean, "
     "received_at timestamp, line string, rule string, field string, message string, dead boolean"
@@ -82,13 +83,15 @@ class BatchReport:
                 f"upserted ({self.seconds:.1f} s)")
 
 
-def _arrow_schema() -> Any:
+def _arrow_schema(events_only: bool = False) -> Any:
+    """The parsed rows' Arrow schema (``events_only``: the events table's own columns)."""
     import pyarrow as pa
 
     kinds = {"string": pa.string(), "timestamp": pa.timestamp("us", tz="UTC"), "int": pa.int32(),
              "double": pa.float64(), "boolean": pa.bool_()}
-    return pa.schema([pa.field(name, kinds[kind]) for name, kind in
-                      (column.strip().split(" ") for column in _SCHEMA.split(","))])
+    fields = [pa.field(name, kinds[kind]) for name, kind in
+              (column.strip().split(" ") for column in _SCHEMA.split(","))]
+    return pa.schema([f for f in fields if not events_only or f.name in EVENT_COLUMNS])
 
 
 def _parse_partitions(max_age_days: int, received_iso: str) -> Any:
@@ -228,15 +231,16 @@ def process_batch(spark: SparkSession, settings: Any, batch: DataFrame, batch_id
     context = searches.select("search_id", F.col("query").alias("_q"), F.col("query_raw").alias("_qr"),
                               F.col("variant").alias("_v"), F.col("versions").alias("_vs"),
                               F.col("endpoint").alias("_e"), F.col("user_id").alias("_u"),
-                              F.col("session_id").alias("_s")).dropDuplicates(["search_id"])
+                              F.col("session_id").alias("_s"), F.col("catalog").alias("_c")
+                              ).dropDuplicates(["search_id"])
     joined = waiting.join(context, "search_id", "left")
     resolved = joined.where(F.col("_q").isNotNull() | F.col("_v").isNotNull() | F.col("_e").isNotNull()) \
         .withColumn("query", F.col("_q")).withColumn("query_raw", F.col("_qr")) \
         .withColumn("variant", F.col("_v")).withColumn("versions", F.col("_vs")) \
         .withColumn("endpoint", F.col("_e")).withColumn("user_id", F.coalesce("user_id", "_u")) \
-        .withColumn("session_id", F.coalesce("session_id", "_s"))
+        .withColumn("session_id", F.coalesce("session_id", "_s")).withColumn("catalog", F.col("_c"))
     unresolved = joined.where(F.col("_q").isNull() & F.col("_v").isNull() & F.col("_e").isNull())
-    context_columns = ["_q", "_qr", "_v", "_vs", "_e", "_u", "_s"]
+    context_columns = ["_q", "_qr", "_v", "_vs", "_e", "_u", "_s", "_c"]
     resolved, unresolved = resolved.drop(*context_columns), unresolved.drop(*context_columns)
     if max_ts is not None:
         watermark = max_ts - timedelta(seconds=config.click_watermark_s)

@@ -32,7 +32,7 @@ MAX_POSITION = 5000             # 100 per page x 50 pages
 _ID = re.compile(r"^[A-Za-z0-9_.:@#/-]{1,128}$")
 
 # Columns of the events table, in order (see skulens.data.contracts.STREAM_EVENTS for their docs).
-EVENT_COLUMNS = ("event_id", "search_id", "ts", "event_type", "product_id", "position", "query",
+EVENT_COLUMNS = ("event_id", "search_id", "ts", "event_type", "catalog", "product_id", "position", "query",
                  "query_raw", "user_id", "session_id", "endpoint", "variant", "versions", "scores",
                  "results", "latency_ms", "fallbacks", "orphaned", "received_at")
 DEAD_COLUMNS = ("line", "rule", "field", "message", "received_at")
@@ -133,12 +133,13 @@ def check_client_event(raw: Any, now: datetime | None = None, max_age: timedelta
 
 
 def search_record(search_id: str, endpoint: str, body: dict[str, Any], *, query_raw: str | None,
-                  user_id: str | None, session_id: str | None, latency_ms: float, ts: datetime) -> dict[str, Any]:
+                  user_id: str | None, session_id: str | None, latency_ms: float, ts: datetime,
+                  catalog: str | None = None) -> dict[str, Any]:
     """The landing-zone line of one answered search (or recommendation) ``body``."""
     items = [{"product_id": item["product_id"], "position": position,
               "scores": item.get("scores") or ({"score": item["score"]} if item.get("score") is not None else {})}
              for position, item in enumerate(body.get("items", ()), start=1)]
-    return {"kind": "search", "search_id": search_id, "ts": iso(ts), "endpoint": endpoint,
+    return {"kind": "search", "search_id": search_id, "ts": iso(ts), "endpoint": endpoint, "catalog": catalog,
             "query_raw": query_raw, "query": body.get("query"), "variant": body.get("variant"),
             "versions": body.get("versions") or {}, "user_id": user_id, "session_id": session_id,
             "items": items, "latency_ms": round(latency_ms, 3), "fallbacks": body.get("fallbacks") or [],
@@ -191,6 +192,7 @@ def _search_rows(raw: dict[str, Any], received_at: datetime) -> list[dict[str, A
     if not isinstance(items, list):
         raise EventError("items", "type:list", "a search record lists its items")
     shared = {"query": _text(raw.get("query")), "query_raw": _text(raw.get("query_raw")),
+              "catalog": _text(raw.get("catalog"), 128),
               "user_id": _identifier(raw, "user_id", required=False),
               "session_id": _identifier(raw, "session_id", required=False),
               "endpoint": _text(raw.get("endpoint")), "variant": _text(raw.get("variant")),

@@ -27,10 +27,31 @@ class DbtInputs:
     homedepot: Path  # the homedepot canonical tables folder
     events: Path  # an events version folder (dt=*/ partitions)
     pairs: Path  # a build_pairs version folder
+    service_events: Path  # the stream job's events table (date=*/batch_id=*/ partitions)
 
     def environment(self) -> dict[str, str]:
         return {"SKULENS_DBT_PREPARED": str(self.prepared), "SKULENS_DBT_HOMEDEPOT": str(self.homedepot),
-                "SKULENS_DBT_EVENTS": str(self.events), "SKULENS_DBT_PAIRS": str(self.pairs)}
+                "SKULENS_DBT_EVENTS": str(self.events), "SKULENS_DBT_PAIRS": str(self.pairs),
+                "SKULENS_DBT_SERVICE_EVENTS": str(self.service_events)}
+
+
+def service_events_folder(settings: Settings) -> Path:
+    """The stream job's events table, or, before any service has logged a search, an empty table
+    of the same columns (so the marts build from the simulated log alone)."""
+    import pyarrow.parquet as pq
+
+    from skulens.storage.layout import stream_paths
+    from skulens.streaming.job import _arrow_schema
+
+    table = stream_paths(settings).events
+    if any(table.glob("date=*/batch_id=*/*.parquet")):
+        return table
+    empty = settings.home / "warehouse" / "no_service_events"
+    part = empty / "date=1970-01-01" / "batch_id=0" / "empty.parquet"
+    if not part.is_file():
+        part.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(_arrow_schema(events_only=True).empty_table(), part)
+    return empty
 
 
 @dataclass
