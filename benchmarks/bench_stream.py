@@ -20,7 +20,6 @@ the plumbing, not of shopper behaviour.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import subprocess
@@ -28,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from _report import machine_description, write_report
@@ -200,7 +199,8 @@ def main() -> None:
         "",
         "## Stream job throughput (aim: at least 5,000 events/s on 2 cores)",
         "",
-        "| searches | clicks | events written | batches | batch time | events/s (batch time) | wall incl. Spark start | events/s (wall) |",
+        "| searches | clicks | events written | batches | batch time | events/s (batch time) "
+        "| wall incl. Spark start | events/s (wall) |",
         "|---|---|---|---|---|---|---|---|",
         f"| {landed['searches']:,} | {landed['clicks']:,} | {through['events_written']:,} | {through['batches']} "
         f"| {through['batch_s']} s | {through['events_per_s_batch']:,} | {through['wall_s']} s "

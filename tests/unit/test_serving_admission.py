@@ -17,6 +17,7 @@ import pytest
 
 from skulens.serving.admission import Admission, AdmissionConfig, Overloaded
 from skulens.serving.app import create_app
+from skulens.serving.feedback import ServiceEvents
 from skulens.serving.metrics import ServingMetrics
 from skulens.serving.pipeline import SearchResult, ServingConfig, StageReport
 
@@ -30,6 +31,7 @@ class SlowState:
         self.late = late
         self.config = ServingConfig()
         self.metrics = ServingMetrics.standalone()
+        self.events = ServiceEvents(None, self.metrics)  # search ids, nothing landed
         self.release = threading.Event()
         self.started = 0
 
