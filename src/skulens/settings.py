@@ -212,7 +212,8 @@ class ParitySettings(_Model):
 class ModelsSettings(_Model):
     embedder: str = "skulens-embedder"
     reranker: str = "skulens-reranker"
-    gate: dict[Literal["embedder", "reranker"], list[GateRule]] = Field(default_factory=dict)
+    ranker: str = "skulens-ranker"
+    gate: dict[Literal["embedder", "reranker", "ranker"], list[GateRule]] = Field(default_factory=dict)
     parity: ParitySettings = Field(default_factory=ParitySettings)
     # ONNX Runtime provider (skulens.models.onnx): auto = CUDA where available, else CPU.
     onnx_device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -341,6 +342,13 @@ class ServingSettings(_Model):
     # when no version passed its gate). The response's versions.reranker names it and says whether it
     # is the champion; benchmarks use it to measure the rerank stage's cost.
     reranker_version: int | None = Field(None, ge=1)
+    # The learned ranker (LambdaMART from clicks): its champion is served unless this is false;
+    # ranker_version pins a registered version instead.
+    ranker: bool = True
+    ranker_version: int | None = Field(None, ge=1)
+    # Share of first-page searches with result 1 swapped with a random result 2-10 (flagged): the
+    # randomisation from which the ranker's training estimates position propensities. 0: none.
+    exploration_share: float = Field(0.0, ge=0.0, le=0.5)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     rules: BusinessRuleSettings = Field(default_factory=BusinessRuleSettings)
     # The environment variable holding the admin API key; admin endpoints answer 401 without it.

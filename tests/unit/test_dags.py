@@ -84,3 +84,11 @@ def test_the_dead_letter_check_names_the_rule_and_ignores_resends():
     assert check_dead_letters(fine, 0.05)["dead_share"] == 0.02
     with pytest.raises(DeadLetterError, match="most often 'type:time' \\(7\\)"):
         check_dead_letters({**fine, "dead": {"type:time": 7, "json": 2}}, 0.05)
+
+
+def test_the_ranker_dags_train_daily_from_scratch_and_hourly_incrementally(dagbag):
+    daily, hourly = dagbag.dags["train_ranker"], dagbag.dags["train_ranker_hourly"]
+    assert daily.params["incremental"] is False and hourly.params["incremental"] is True
+    assert "@daily" in repr(daily.timetable) or "0 0 * * *" in repr(daily.timetable)
+    assert "@hourly" in repr(hourly.timetable) or "0 * * * *" in repr(hourly.timetable)
+    assert daily.get_task("train").retries == 0

@@ -54,7 +54,7 @@ def test_search_corrects_spelling_fuses_reranks_and_pages(parts):
     result = _search(pipeline, text="red shrit", k=3)
     assert result.query == "red shirt" and result.rewrites == [{"kind": "spelling", "from": "shrit", "to": "shirt"}]
     assert result.fallbacks == [] and {s.name: s.status for s in result.stages} == {
-        "normalise": "ok", "encode": "ok", "retrieve": "ok", "rerank": "ok", "rules": "ok"}
+        "normalise": "ok", "encode": "ok", "retrieve": "ok", "rerank": "ok", "ltr": "skipped", "rules": "ok"}
     top = result.items[0]
     assert "black" in top["title"] and {"bm25", "fused", "rerank"} <= set(top["scores"])  # the reranker's pick
     second = _search(pipeline, text="red shirt", k=3, page=2)

@@ -76,6 +76,14 @@ class SimulationConfig:
             raise ValueError("an experiment needs at least two variants (name: ranker noise)")
 
 
+def attractiveness(grades: np.ndarray, g_min: float, g_max: float, config: SimulationConfig) -> np.ndarray:
+    """P(click | examined) of results with ``grades`` on the judgments' scale [g_min, g_max]: it rises
+    with the grade from ``noise_click`` (least relevant) to ``max_click`` (most relevant; even a
+    perfect result examined at the top is not always clicked)."""
+    relevance = (np.asarray(grades, dtype="float64") - g_min) / ((g_max - g_min) or 1.0)
+    return config.noise_click + (config.max_click - config.noise_click) * (np.exp2(relevance) - 1)
+
+
 def simulate_events(judgments: pa.Table, config: SimulationConfig) -> pa.Table:
     """Generate an ``events`` table from ``judgments`` (query, product_id, grade). Seeded."""
     if judgments.num_rows == 0:
@@ -83,12 +91,7 @@ def simulate_events(judgments: pa.Table, config: SimulationConfig) -> pa.Table:
     rng = np.random.default_rng(config.seed)
     frame = judgments.select(["query", "product_id", "grade"]).to_pandas()
     grades = frame["grade"].to_numpy(dtype="float64")
-    g_min, g_max = float(grades.min()), float(grades.max())
-    span = (g_max - g_min) or 1.0
-    # Attractiveness rises with the grade: noise_click for the least relevant, max_click for the
-    # most relevant (even a perfect result examined at the top is not always clicked).
-    relevance = (grades - g_min) / span
-    attract = config.noise_click + (config.max_click - config.noise_click) * (np.exp2(relevance) - 1)
+    attract = attractiveness(grades, float(grades.min()), float(grades.max()), config)
     groups = frame.groupby("query", sort=True).indices
     queries = list(groups)
     # Query popularity: Zipf over a seeded permutation of the queries.

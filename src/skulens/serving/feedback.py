@@ -5,9 +5,8 @@
   fallbacks); it takes the client events of ``POST /events`` (validated by the events contract,
   :func:`skulens.streaming.records.check_client_event`) and queues them too. Nothing is written
   in the request path: the :class:`~skulens.streaming.landing.EventLog` thread does it.
-* :func:`add_features` puts each result's online features (``ctr_prior``, ``popularity_7d``) into
-  its ranking input (``scores``) from the :class:`~skulens.streaming.online.FeatureCache`; a store
-  that is down or stale is a flagged fallback (``features_stale``, ``features_unavailable``).
+* the online features come back through the :class:`~skulens.streaming.online.FeatureCache` the
+  state hands every pipeline (:func:`skulens.serving.pipeline.add_features`).
 
 Duplicate event ids are answered as duplicates by the worker that saw the first copy (a window of
 recent ids per worker); the stream job removes duplicates exactly, whichever worker took them.
@@ -25,7 +24,6 @@ from skulens.serving.pipeline import RequestError
 from skulens.streaming.records import EventError, check_client_event, search_record
 
 MAX_EVENTS_PER_REQUEST = 100
-FEATURES = ("ctr_prior", "popularity_7d")
 
 
 class ServiceEvents:
@@ -107,25 +105,3 @@ class ServiceEvents:
         if self.log is not None:
             self.log.close()
 
-
-def add_features(items: list[dict[str, Any]], cache: Any, metrics: Any) -> str | None:
-    """Each item's online features into its ``scores``; the fallback to flag, if any."""
-    if cache is None:
-        return None
-    flag = cache.status()
-    if flag == "features_unavailable":
-        metrics.feature_lookups.labels(result="unavailable").inc(len(items))
-        return flag
-    hits = 0
-    for item in items:
-        features = cache.lookup(f"product:{item['product_id']}")
-        if features is None:
-            continue
-        hits += 1
-        for name in FEATURES:
-            value = features.get(name)
-            if value is not None:
-                item["scores"][name] = round(float(value), 6)
-    metrics.feature_lookups.labels(result="stale" if flag else "hit").inc(hits)
-    metrics.feature_lookups.labels(result="miss").inc(len(items) - hits)
-    return flag

@@ -104,12 +104,15 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
         if reranker is not None:
             reranker = BatchedReranker(reranker, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
                                        on_batch=on_batch)
+    ranker, versions["ranker"] = champion_ranker(settings, settings.serving.ranker_version) \
+        if settings.serving.ranker else (None, "off (serving.ranker is false)")
     kwargs = {"config": config} if config is not None else {}
     pipeline = SearchPipeline(
         lexical=live.lexical, store=live, encoder=encoder, ranking=ranking,
         titles=titles, reranker=reranker, spell=SpellCorrector.from_texts(titles.values()), cascade=cascade,
         rules=BusinessRules.from_settings(settings.serving.rules),
-        categories={pid: path[-1] for pid, path in categories.items() if path}, versions=versions, **kwargs)
+        categories={pid: path[-1] for pid, path in categories.items() if path}, versions=versions,
+        ranker=ranker, paths=categories, **kwargs)
     vocabulary = Vocabulary.from_products(categories.values(), (dict(row.get("attributes") or []) for row in products))
     return Served(pipeline, live, titles, categories, images, vocabulary, photo_root=root)
 
@@ -158,6 +161,22 @@ def champion_reranker(settings: Settings, version: int | None = None) -> tuple[A
         label = f"{champion['name']}/{champion['version']} ({onnx.stem}){note}"
         return OnnxReranker(onnx, reranker_dir(champion)).score, label
     return CrossEncoderReranker(reranker_dir(champion)).score, f"{champion['name']}/{champion['version']}{note}"
+
+
+def champion_ranker(settings: Settings, version: int | None = None) -> tuple[Any, str]:
+    """The learned ranker's champion (or ``version``) with its label; (None, why) when no version
+    passed its gate (it must beat the logged policy and the previous champion on held-out clicks,
+    and lose nothing that matters on held-out judged queries)."""
+    from skulens.models.ranker import LearnedRanker
+    from skulens.tracking.registry import version_artifacts
+
+    try:
+        found = version_artifacts(settings, "ranker", version=version)
+    except LookupError:
+        return None, "none: no ranker version passed its gate"
+    ranker = LearnedRanker.load(found["model_dir"] / "artifacts" / "model")
+    eta = ranker.meta.get("propensities", {}).get("eta")
+    return ranker, f"{found['name']}/{found['version']} (LambdaMART, depth {ranker.depth}, eta {eta})"
 
 
 def _champion_or_not(settings: Settings, version: int) -> str:

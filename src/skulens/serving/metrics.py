@@ -56,8 +56,6 @@ class ServingMetrics:
         self.events_backlog = factory.Gauge("skulens_events_backlog", "Records queued for the writer", **extra)
         self.client_events = factory.Counter("skulens_client_events", "POST /events events by outcome "
                                              "(accepted, duplicate)", ["type", "outcome"], **extra)
-        self.feature_lookups = factory.Counter("skulens_feature_lookups", "Online feature lookups by result "
-                                               "(hit, miss, stale, unavailable)", ["result"], **extra)
 
     @classmethod
     def standalone(cls) -> ServingMetrics:

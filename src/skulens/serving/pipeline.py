@@ -22,6 +22,7 @@ Python; a late stage's thread finishes in the background and its result is dropp
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 import time
@@ -39,7 +40,8 @@ from skulens.retrieval.filters import FilterError, Filters
 from skulens.retrieval.fusion import collapse_near_duplicates
 from skulens.retrieval.ranking import RankingPolicy
 
-DEFAULT_TIMEOUTS = {"normalise": 15.0, "rewrite": 40.0, "encode": 40.0, "retrieve": 40.0, "rerank": 60.0}
+DEFAULT_TIMEOUTS = {"normalise": 15.0, "rewrite": 40.0, "encode": 40.0, "retrieve": 40.0, "rerank": 60.0,
+                    "ltr": 20.0}
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class ServingConfig:
     # With more searches than this in flight the reranker is skipped (flagged "rerank_shed"). None
     # (the default): never; the service's admission control keeps a worker's load servable instead.
     shed_rerank_above: int | None = None
+    # Share of first-page searches whose result 1 swaps places with a random result 2-10 (flagged
+    # in the response and the search record): the randomisation the ranker's propensity estimate needs.
+    exploration_share: float = 0.0
 
     @classmethod
     def from_settings(cls, serving: Any, **overrides: Any) -> ServingConfig:
@@ -67,7 +72,8 @@ class ServingConfig:
         return cls(total_budget_ms=serving.total_budget_ms, stage_timeout_ms=dict(serving.stage_timeout_ms),
                    recovery_budget_ms=serving.recovery_budget_ms,
                    collapse_threshold=serving.collapse_threshold, shed_rerank_above=serving.shed_rerank_above,
-                   vector_cache_size=serving.vector_cache_size, **overrides)
+                   vector_cache_size=serving.vector_cache_size, exploration_share=serving.exploration_share,
+                   **overrides)
 
 
 class RequestError(ValueError):
@@ -159,12 +165,13 @@ class SearchResult:
     variant: str = "control"
     llm: list[dict[str, Any]] = field(default_factory=list)
     cache: dict[str, str] = field(default_factory=dict)
+    exploration: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"items": self.items, "query": self.query, "rewrites": self.rewrites,
                 "stages": [s.__dict__ for s in self.stages], "fallbacks": self.fallbacks,
                 "versions": self.versions, "variant": self.variant, "llm": self.llm, "cache": self.cache,
-                "total_ms": round(self.total_ms, 2)}
+                "exploration": self.exploration, "total_ms": round(self.total_ms, 2)}
 
 
 class _Late(Exception):
@@ -184,10 +191,15 @@ class SearchPipeline:
                  reranker: Callable[[str, list[str]], np.ndarray] | None = None, spell: Any = None,
                  cascade: Any = None, rules: Any = None, categories: Mapping[str, str] | None = None,
                  config: ServingConfig | None = None, versions: Mapping[str, str] | None = None,
-                 ranking: RankingPolicy | None = None) -> None:
+                 ranking: RankingPolicy | None = None, ranker: Any = None,
+                 paths: Mapping[str, Any] | None = None) -> None:
         self.lexical, self.store, self.encoder, self.titles = lexical, store, encoder, titles
         self.reranker, self.spell, self.cascade, self.rules = reranker, spell, cascade, rules
         self.categories = categories or {}
+        # The learned ranker (a LearnedRanker: the last ranking stage) and what its features need:
+        # the category paths, and the online feature cache (set by the service, like the cascade).
+        self.ranker, self.paths = ranker, paths or {}
+        self.features: Any = None
         self.config = config or ServingConfig()
         self.ranking = ranking or RankingPolicy()
         self.versions = dict(versions or {})
@@ -401,6 +413,16 @@ class SearchPipeline:
             why = (f"no reranker ({self.versions.get('reranker', 'none')})" if self.reranker is None
                    else "not requested" if not request.rerank else "no text")
             stages.append(StageReport("rerank", 0.0, "skipped", why))
+        flag = add_features(order[:self.ranker.depth] if self.ranker is not None else [], scores, self.features)
+        if flag:
+            fallbacks.append(flag)
+        if self.ranker is not None and order and text:
+            head = order[:self.ranker.depth]
+            learned = stage("ltr", lambda: self._learned_order(text, head, scores), "ranker_skipped", None)
+            if learned is not None:
+                order = learned + order[len(head):]
+        else:
+            stages.append(StageReport("ltr", 0.0, "skipped", "no ranker" if self.ranker is None else "no text"))
         t = time.perf_counter()
         if self.config.collapse_threshold is not None and hasattr(self.store, "vectors") and order:
             head = order[:2 * want]
@@ -414,9 +436,22 @@ class SearchPipeline:
             rewrites += notes
         stages.append(StageReport("rules", _ms(t), "ok"))
         page = order[want - request.k:want]
+        exploration = None
+        if request.page == 1 and len(page) > 1 and self.config.exploration_share > 0 \
+                and random.random() < self.config.exploration_share:  # noqa: S311 - not security
+            other = random.randint(2, min(len(page), 10))  # noqa: S311
+            page[0], page[other - 1] = page[other - 1], page[0]
+            exploration = f"swap:1:{other}"
+        add_features(page, scores, self.features)  # logged with the search record: the ranker learns from them
         items = [{"product_id": pid, "title": self.titles.get(pid), "scores": scores.get(pid, {})} for pid in page]
         return SearchResult(items, text, rewrites, stages, fallbacks, self.versions, _ms(started),
-                            self.config.variant, llm, cache)
+                            self.config.variant, llm, cache, exploration)
+
+    def _learned_order(self, text: str, head: list[str], scores: dict[str, dict[str, float]]) -> list[str]:
+        """``head`` in the learned ranker's order (its features from the scores the search has)."""
+        ranked = self.ranker.order(text, [scores.get(pid, {}) for pid in head], [self.titles.get(pid) for pid in head],
+                                   [self.paths.get(pid) for pid in head])
+        return [head[i] for i in ranked]
 
     def _retrieve(self, name: str, query: str | None, filters: Filters | None, hits: _Hits, started: float,
                   stages: list[StageReport], fallbacks: list[str], known_lexical: list | None = None
@@ -601,6 +636,28 @@ def _merge(filters: Filters | None, derived: Mapping[str, Any]) -> Filters | Non
     except FilterError:
         return filters  # derived bounds that contradict the request's own are dropped
     return None if parsed.empty else parsed
+
+
+ONLINE_FEATURES = ("ctr_prior", "popularity_7d")
+
+
+def add_features(pids: list[str], scores: dict[str, dict[str, float]], cache: Any) -> str | None:
+    """The online features of ``pids`` (from the feature cache) into their ``scores``, the ranking
+    input; the fallback to flag when the cache is stale or was never filled, else None. A product
+    without events simply has no features."""
+    if cache is None:
+        return None
+    flag = cache.status()
+    if flag == "features_unavailable":
+        return flag
+    for pid in pids:
+        found = cache.lookup(f"product:{pid}")
+        if found:
+            row = scores.setdefault(pid, {})
+            for name in ONLINE_FEATURES:
+                if found.get(name) is not None:
+                    row[name] = round(float(found[name]), 6)
+    return flag
 
 
 def _ms(since: float) -> float:

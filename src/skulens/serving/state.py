@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from skulens.serving.feedback import ServiceEvents, add_features
+from skulens.serving.feedback import ServiceEvents
 from skulens.serving.loader import Served, load_served
 from skulens.serving.pipeline import RequestError, SearchRequest, ServingConfig
 
@@ -42,7 +42,7 @@ class ServingState:
         # The loop: search records and client events out (no event log until load() makes one:
         # searches still get their search_id), online features in (None: none read).
         self.events = ServiceEvents(None, metrics, catalog=self.catalog)
-        self.features: Any = None
+        self._features: Any = None
 
     @classmethod
     def load(cls, settings: Any, metrics: Any, *, catalog: str | None = None, with_cascade: bool = True
@@ -62,6 +62,17 @@ class ServingState:
             state.watch_index(settings.serving.watch_index_s)
         state.start_loop()
         return state
+
+    @property
+    def features(self) -> Any:
+        """The online feature cache every variant's pipeline reads (None: no online features)."""
+        return self._features
+
+    @features.setter
+    def features(self, cache: Any) -> None:
+        self._features = cache
+        for served in self.variants.values():
+            served.pipeline.features = cache
 
     def start_loop(self) -> None:
         """The event log (``stream`` settings) and the online feature cache."""
@@ -119,6 +130,7 @@ class ServingState:
         served = self.loader(self.settings, self.catalog, config, index_version=index_version,
                              reranker_version=reranker_version, cascade=self.cascade,
                              on_batch=self.metrics.observe_batch)
+        served.pipeline.features = self._features
         if hasattr(served.pipeline, "warm_up"):
             served.pipeline.warm_up()  # before the variant takes traffic (and before /readyz says ready)
         return served
@@ -216,9 +228,6 @@ class ServingState:
             if entered:
                 served.pipeline.enter()
         result = served.pipeline.search(request, entered=True) if entered else served.pipeline.search(request)
-        flag = add_features(result.items, self.features, self.metrics)
-        if flag:
-            result.fallbacks.append(flag)
         self.metrics.observe_search(result)
         body = self.with_photos(result.to_dict(), served)
         for item in body["items"]:

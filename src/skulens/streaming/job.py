@@ -60,7 +60,8 @@ _SCHEMA = (
     "event_id string, search_id string, ts timestamp, event_type string, catalog string, product_id string, "
     "position int, "
     "query string, query_raw string, user_id string, session_id string, endpoint string, variant string, "
-    "versions string, scores string, results int, latency_ms double, fallbacks string, orphaned boolean, "
+    "versions string, scores string, results int, latency_ms double, fallbacks string, exploration string, "
+    "orphaned boolean, "
     "received_at timestamp, line string, rule string, field string, message string, dead boolean"
 )
 

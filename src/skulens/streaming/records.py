@@ -34,7 +34,7 @@ _ID = re.compile(r"^[A-Za-z0-9_.:@#/-]{1,128}$")
 # Columns of the events table, in order (see skulens.data.contracts.STREAM_EVENTS for their docs).
 EVENT_COLUMNS = ("event_id", "search_id", "ts", "event_type", "catalog", "product_id", "position", "query",
                  "query_raw", "user_id", "session_id", "endpoint", "variant", "versions", "scores",
-                 "results", "latency_ms", "fallbacks", "orphaned", "received_at")
+                 "results", "latency_ms", "fallbacks", "exploration", "orphaned", "received_at")
 DEAD_COLUMNS = ("line", "rule", "field", "message", "received_at")
 
 
@@ -143,7 +143,7 @@ def search_record(search_id: str, endpoint: str, body: dict[str, Any], *, query_
             "query_raw": query_raw, "query": body.get("query"), "variant": body.get("variant"),
             "versions": body.get("versions") or {}, "user_id": user_id, "session_id": session_id,
             "items": items, "latency_ms": round(latency_ms, 3), "fallbacks": body.get("fallbacks") or [],
-            "source": body.get("source")}
+            "exploration": body.get("exploration"), "source": body.get("source")}
 
 
 def _dead(line: str, error: EventError, received_at: datetime) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def _search_rows(raw: dict[str, Any], received_at: datetime) -> list[dict[str, A
     if not isinstance(items, list):
         raise EventError("items", "type:list", "a search record lists its items")
     shared = {"query": _text(raw.get("query")), "query_raw": _text(raw.get("query_raw")),
-              "catalog": _text(raw.get("catalog"), 128),
+              "catalog": _text(raw.get("catalog"), 128), "exploration": _text(raw.get("exploration"), 64),
               "user_id": _identifier(raw, "user_id", required=False),
               "session_id": _identifier(raw, "session_id", required=False),
               "endpoint": _text(raw.get("endpoint")), "variant": _text(raw.get("variant")),

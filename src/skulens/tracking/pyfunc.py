@@ -32,3 +32,18 @@ class RerankerModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         return self.reranker.score(list(model_input["query"]), list(model_input["title"])).tolist()
+
+
+class RankerModel(mlflow.pyfunc.PythonModel):
+    """Input: a DataFrame of the ranker's feature columns (skulens.models.ranker.FEATURES); output:
+    one score per row (higher ranks first)."""
+
+    def load_context(self, context) -> None:  # noqa: ANN001
+        from skulens.models.ranker import LearnedRanker
+
+        self.ranker = LearnedRanker.load(Path(context.artifacts["model"]))
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        from skulens.models.ranker import FEATURES
+
+        return self.ranker.score(model_input[list(FEATURES)].to_numpy(dtype="float64")).tolist()

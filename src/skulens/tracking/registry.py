@@ -89,15 +89,15 @@ def log_and_register(settings: Settings, *, kind: str, run_name: str, params: di
                      history: list[dict[str, Any]], final_metrics: dict[str, float], artifacts: dict[str, str],
                      card: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """One MLflow run: params, per-epoch metrics, final metrics, model + card; register a version
-    of the ``kind`` model ("embedder" or "reranker") and point ``challenger`` at it."""
+    of the ``kind`` model ("embedder", "reranker" or "ranker") and point ``challenger`` at it."""
     _quiet()
     import mlflow
 
-    from skulens.tracking.pyfunc import EmbedderModel, RerankerModel
+    from skulens.tracking.pyfunc import EmbedderModel, RankerModel, RerankerModel
 
     mlc = client(settings)
     name = getattr(settings.models, kind)
-    python_model = {"embedder": EmbedderModel, "reranker": RerankerModel}[kind]()
+    python_model = {"embedder": EmbedderModel, "reranker": RerankerModel, "ranker": RankerModel}[kind]()
     with mlflow.start_run(experiment_id=experiment_id(settings), run_name=run_name, tags=tags or {}) as run:
         mlflow.log_params(flatten_params(params))
         for record in history:
