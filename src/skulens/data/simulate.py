@@ -91,7 +91,9 @@ def simulate_events(judgments: pa.Table, config: SimulationConfig) -> pa.Table:
     rng = np.random.default_rng(config.seed)
     frame = judgments.select(["query", "product_id", "grade"]).to_pandas()
     grades = frame["grade"].to_numpy(dtype="float64")
-    attract = attractiveness(grades, float(grades.min()), float(grades.max()), config)
+    g_min, g_max = float(grades.min()), float(grades.max())
+    relevance = (grades - g_min) / ((g_max - g_min) or 1.0)  # 0 (least relevant) to 1: carts follow it
+    attract = attractiveness(grades, g_min, g_max, config)
     groups = frame.groupby("query", sort=True).indices
     queries = list(groups)
     # Query popularity: Zipf over a seeded permutation of the queries.
