@@ -200,14 +200,25 @@ class ServingState:
                 "pinned_index": self.pinned_index, "watching_index": self._watcher is not None,
                 # Until the shared serving state lands (the canary issue), these live in each worker.
                 "per_worker": {"state": ["variants", "traffic", "llm.spent_today_usd", "llm.breakers", "llm.cache",
-                                         "admission limit", "query vector cache"],
+                                         "admission limit", "query vector cache",
+                                         "recent client event ids (duplicates; the stream job dedupes exactly)"],
                                "note": "admin reloads, the traffic split, the LLM daily budget, breakers "
                                        "and cache are held by this worker process only; with several "
                                        "workers, each must be told and each spends its own budget"},
+                "loop": self._loop_status(),
                 "llm": {"tiers": cascade.names, "ready": {t.name: t.ready() for t, _ in cascade.tiers},
                         "breakers": {n: b.state for n, b in cascade.breakers.items()},
                         "spent_today_usd": round(cascade.daily.spent, 6), "cache_entries": len(cascade.cache)}
                 if cascade else None}
+
+    def _loop_status(self) -> dict[str, Any]:
+        """This worker's event log and feature cache: what landed, what was lost, how fresh."""
+        log, cache = self.events.log, self._features
+        return {"events": None if log is None else {"written": log.written, "dropped": log.dropped,
+                                                    "backlog": log.backlog, "last_error": log.last_error},
+                "features": None if cache is None else {"status": cache.status() or "fresh",
+                                                        "refreshed_at": cache.refreshed_at,
+                                                        "last_error": cache.last_error}}
 
     def _published_or_none(self) -> str | None:
         try:

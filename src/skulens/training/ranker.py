@@ -41,7 +41,7 @@ from skulens.models.ranker import FEATURES, LearnedRanker, ranker_features
 
 @dataclass(frozen=True)
 class RankerConfig:
-    depth: int = 20               # results the served ranker reorders
+    depth: int = 10               # results the served ranker reorders: the first page it was trained on
     held_out_days: int = 1        # the latest days of the log are the test set
     min_explored: int = 200       # swapped searches needed to estimate propensities
     max_weight: float = 10.0      # clip of 1 / propensity
