@@ -97,3 +97,19 @@ def test_online_features_enter_the_ranking_input_and_a_dead_store_is_a_flagged_f
     unavailable = client.post("/search", json={"text": "red shirt", "k": 10}).json()
     assert "features_unavailable" in unavailable["fallbacks"]
     assert all("ctr_prior" not in item["scores"] for item in unavailable["items"])
+
+
+def test_a_cold_start_session_ranks_by_live_popularity_when_the_store_has_it(client, tmp_path):  # noqa: F811
+    state = client.state_obj
+    store = SQLiteStore(tmp_path / "online.db")
+    cold = {"product_ids": [], "category": "shirt", "k": 3}
+    before = client.post("/recommend/session", json=cold).json()
+    assert not before["source"].startswith("popular_in_category (online")
+    store.upsert({"product:p12": {"popularity_7d": 9.0}, "product:p4": {"popularity_7d": 2.0},
+                  "product:p1": {"popularity_7d": 50.0}})  # p1 is a dress: not in the category
+    state.features = FeatureCache(lambda: store, refresh_s=3600)
+    state.features.refresh()
+    state.variants["control"].recommender = None  # made anew with the cache
+    after = client.post("/recommend/session", json=cold).json()
+    assert after["source"] == "popular_in_category (online, 7 days)"
+    assert [i["product_id"] for i in after["items"][:2]] == ["p12", "p4"]
