@@ -226,3 +226,25 @@ def build_index(
     console.print(f"summary: {latest}")
     if summary["status"] != "success":
         raise typer.Exit(code=1)
+
+
+@app.command("train-ranker")
+@fail_on_errors
+def train_ranker_command(
+    catalog: Annotated[str | None, typer.Option("--catalog", help="Catalogue (default: retrieval.catalog).")] = None,
+    incremental: Annotated[bool, typer.Option("--incremental", help="Continue the champion's trees on the "
+                                              "latest day instead of training from scratch.")] = False,
+) -> None:
+    """Learn the ranker from the logged searches and clicks (the events table), evaluate it on the
+    held-out latest day (IPS) and held-out real judged queries, register it and run its gate (what
+    the train_ranker DAG does). The summary goes to SKULENS_HOME/reports/train_ranker/latest.json."""
+    from datetime import UTC, datetime
+
+    from skulens.pipelines.train_ranker import train_ranker
+
+    summary = train_ranker(settings_from(), datetime.now(UTC).strftime("cli-%Y%m%dT%H%M%S"), catalog,
+                           incremental=incremental)
+    gate = summary["gate"]
+    console.print_json(json.dumps({k: summary[k] for k in ("registered", "metrics", "propensities")}, default=str))
+    verdict = "promoted to champion" if gate["promoted"] else "not promoted: " + "; ".join(gate["reasons"])
+    console.print(f"{gate['name']} version {summary['registered']}: {verdict}", soft_wrap=True, highlight=False)
