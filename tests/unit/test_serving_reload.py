@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from skulens.pipelines.build_index import _post_reload
+from skulens.pipelines.build_index import post_reload
 from tests.support.live_server import serve_app
 from tests.unit.test_serving_app import KEY, client  # noqa: F401 - the fixture
 from tests.unit.test_serving_pipeline import parts  # noqa: F401 - the fixture
@@ -58,8 +58,8 @@ def test_notify_serving_posts_the_reload_with_the_admin_key(live_service, settin
     base, state = live_service
     configured = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(
         update={"reload_url": f"{base}/admin/reload"})})
-    assert _post_reload(configured, "v7") == 200  # the admin endpoint answers only with the key
+    assert post_reload(configured, "v7") == 200  # the admin endpoint answers only with the key
     assert state.variants["control"].pipeline.versions["index"] == "v7"
     assert httpx.post(f"{base}/admin/reload", json={"index_version": "v8"}).status_code == 401  # the key matters
     monkeypatch.setenv("SKULENS_ADMIN_KEY", "")
-    assert _post_reload(configured, "v8").startswith("skipped: $SKULENS_ADMIN_KEY is not set")
+    assert post_reload(configured, "v8").startswith("skipped: $SKULENS_ADMIN_KEY is not set")

@@ -236,19 +236,20 @@ def notify_serving(settings: Settings, run_id: str) -> dict[str, Any]:
         os.replace(tmp, marker)
         out.update(marker=str(marker), posted=None)
         if settings.retrieval.reload_url:
-            out["posted"] = _post_reload(settings, published["version"])
+            out["posted"] = post_reload(settings, published["version"])
         return out
 
 
-def _post_reload(settings: Settings, version: str) -> int | str:
-    """POST ``/admin/reload`` for the control variant at ``version``; the status, or why it failed."""
+def post_reload(settings: Settings, version: str | None) -> int | str:
+    """POST ``/admin/reload`` for the control variant (at index ``version``; None: the published one,
+    as after a new ranker champion); the status, or why it failed."""
     import urllib.error
     import urllib.request
 
     key = os.environ.get(settings.serving.admin_key_env, "")
     if not key:
         return f"skipped: ${settings.serving.admin_key_env} is not set (the service's admin key)"
-    body = json.dumps({"variant": "control", "index_version": version}).encode()
+    body = json.dumps({"variant": "control"} | ({"index_version": version} if version else {})).encode()
     request = urllib.request.Request(settings.retrieval.reload_url, data=body, method="POST",
                                      headers={"Content-Type": "application/json", "X-API-Key": key})
     try:

@@ -2,8 +2,9 @@
 held-out days (IPS) and held-out real judged queries, register it as ``challenger`` of
 ``skulens-ranker`` and promote it to ``champion`` only through its gate (``models.gate.ranker``).
 
-The service loads the ranker's champion by alias (``serving.ranker``); a reload or the next start
-picks up a new champion. Full runs train from scratch on every logged day but the held-out ones;
+The service loads the ranker's champion by alias (``serving.ranker``): a promotion POSTs
+``/admin/reload`` to ``retrieval.reload_url`` when that is set, else the next reload or start picks
+it up. Full runs train from scratch on every logged day but the held-out ones;
 incremental runs (``incremental=True``, the hourly DAG) continue the champion's trees on the last
 day's searches, and pass the same gate.
 """
@@ -140,7 +141,13 @@ def train_ranker(settings: Settings, run_id: str, catalog: str | None = None, *,
         final_metrics=metrics, artifacts={"model": str(folder)}, card=card,
         tags={"skulens.pipeline": PIPELINE, "skulens.clicks": "simulated or real: see the events' origin"})
     decision = promote_if_better(settings, "ranker", registered["version"])
-    summary = {"run_id": run_id, "catalog": catalog, "incremental": incremental, "metrics": metrics,
+    reload = None
+    if decision.promoted and settings.retrieval.reload_url:
+        from skulens.pipelines.build_index import post_reload
+
+        reload = post_reload(settings, None)  # the service loads the new champion by its alias
+    summary = {"serving_reload": reload, "run_id": run_id, "catalog": catalog, "incremental": incremental,
+               "metrics": metrics,
                "propensities": propensities.to_dict(), "registered": registered["version"],
                "gate": decision.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
     _report(settings, run_id, summary)
