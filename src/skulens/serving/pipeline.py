@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from skulens.models.ranker import ONLINE
 from skulens.retrieval.filters import FilterError, Filters
 from skulens.retrieval.fusion import collapse_near_duplicates
 from skulens.retrieval.ranking import RankingPolicy
@@ -638,9 +639,6 @@ def _merge(filters: Filters | None, derived: Mapping[str, Any]) -> Filters | Non
     return None if parsed.empty else parsed
 
 
-ONLINE_FEATURES = ("ctr_prior", "popularity_7d")
-
-
 def add_features(pids: list[str], scores: dict[str, dict[str, float]], cache: Any) -> str | None:
     """The online features of ``pids`` (from the feature cache) into their ``scores``, the ranking
     input; the fallback to flag when the cache is stale or was never filled, else None. A product
@@ -654,7 +652,7 @@ def add_features(pids: list[str], scores: dict[str, dict[str, float]], cache: An
         found = cache.lookup(f"product:{pid}")
         if found:
             row = scores.setdefault(pid, {})
-            for name in ONLINE_FEATURES:
+            for name in ONLINE:  # the online features the ranker reads
                 if found.get(name) is not None:
                     row[name] = round(float(found[name]), 6)
     return flag

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 
 from skulens.serving.pipeline import RequestError
+from skulens.streaming.features import EVENT_WEIGHTS
 from skulens.vectors import normalise
-
-EVENT_WEIGHTS = {"click": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
 
 
 def popularity_from_events(events_root: Path) -> dict[str, float]:

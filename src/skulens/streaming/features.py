@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 WINDOWS_S = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
 PRIOR_STRENGTH = 10.0  # examinations' worth of the catalogue average in ctr_prior
 REFORMULATION_S = 120
-CLIENT = ("click", "add_to_cart", "purchase")
+# Popularity: what each action is worth (the click log's popularity in serving uses the same).
+EVENT_WEIGHTS = {"click": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
 
 
 def propensity(position: Column, eta: float = 1.0) -> Column:
@@ -66,8 +67,9 @@ def product_aggregates(events: DataFrame, as_of: datetime, eta: float = 1.0) -> 
                                                      F.col(f"clicks_{name}") / F.col(f"impressions_{name}")))
                    .withColumn(f"debiased_ctr_{name}", F.when(F.col(f"examinations_{name}") > 0,
                                                               F.col(f"clicks_{name}") / F.col(f"examinations_{name}")))
-                   .withColumn(f"popularity_{name}", F.col(f"clicks_{name}") + 3.0 * F.col(f"carts_{name}")
-                               + 5.0 * F.col(f"purchases_{name}")))
+                   .withColumn(f"popularity_{name}", EVENT_WEIGHTS["click"] * F.col(f"clicks_{name}")
+                               + EVENT_WEIGHTS["add_to_cart"] * F.col(f"carts_{name}")
+                               + EVENT_WEIGHTS["purchase"] * F.col(f"purchases_{name}")))
     totals = grouped.agg(F.sum("clicks_7d").alias("c"), F.sum("examinations_7d").alias("e")).first()
     average = float(totals["c"] or 0) / float(totals["e"]) if totals["e"] else 0.0
     return grouped.withColumn("ctr_prior", (F.col("clicks_7d") + F.lit(PRIOR_STRENGTH * average))

@@ -48,12 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
-EVENT_WEIGHTS = {"click": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
-# A search the shopper replaced within this many seconds, without a click, was reformulated.
-REFORMULATION_S = 120
-# Examination propensity of a position until the ranker estimates them from the logs: 1/position.
-DEFAULT_ETA = 1.0
 FAULT_ENV = "SKULENS_STREAM_FAULT"  # tests only: "kill_after_events:<batch_id>"
 
 _SCHEMA = (
@@ -254,7 +248,7 @@ def process_batch(spark: SparkSession, settings: Any, batch: DataFrame, batch_id
     # 4. write, each output under this batch's id (a replay overwrites exactly its own output).
     events = rows.withColumn("date", F.to_date("ts")).withColumn("batch_id", F.lit(batch_id)).persist()
     report.events = events.count()
-    report.orphaned = orphaned.count()
+    report.orphaned = events.where(F.col("orphaned")).count()  # from the persisted rows, not the join again
     _write_partitions(events, paths.events)
     _fault("events", batch_id)
     dead_rows = dead.withColumn("date", F.to_date("received_at")).withColumn("batch_id", F.lit(batch_id)).persist()
@@ -295,7 +289,7 @@ def refresh_features(spark: SparkSession, settings: Any, as_of: datetime, store:
     """Aggregate the last 7 days (event time, up to ``as_of``) of the events table per product and
     per query; write them beside the table and upsert them into the online store; the number of
     documents upserted."""
-    from skulens.streaming.features import product_aggregates, query_aggregates
+    from skulens.streaming.features import WINDOWS_S, product_aggregates, query_aggregates
     from skulens.streaming.online import open_store
 
     paths = stream_paths(settings)
@@ -303,7 +297,7 @@ def refresh_features(spark: SparkSession, settings: Any, as_of: datetime, store:
         return 0
     from pyspark.sql import functions as F
 
-    since = as_of - WINDOWS["7d"]
+    since = as_of - timedelta(seconds=WINDOWS_S["7d"])
     table = spark.read.parquet(str(paths.events)).where(
         (F.col("date") >= F.lit(since.date())) & (F.col("ts") > F.lit(since)) & (F.col("ts") <= F.lit(as_of)))
     products = product_aggregates(table, as_of).toPandas()
