@@ -103,7 +103,7 @@ def train_and_export():
     def gate_embedder(_: dict) -> dict:
         from skulens.pipelines import train_and_export as p
 
-        return {"promoted": p.gate_embedder(_settings(), _run_id(), _params())["promoted"]}
+        return _only_if_promoted(p.gate_embedder(_settings(), _run_id(), _params()))
 
     @task
     def train_reranker() -> dict:
@@ -133,13 +133,22 @@ def train_and_export():
     def gate_reranker(_: dict) -> dict:
         from skulens.pipelines import train_and_export as p
 
-        return {"promoted": p.gate_reranker(_settings(), _run_id(), _params())["promoted"]}
+        return _only_if_promoted(p.gate_reranker(_settings(), _run_id(), _params()))
 
     @task(retries=0, trigger_rule="all_done")
     def report() -> dict:
         from skulens.pipelines import train_and_export as p
 
         return {"status": p.report(_settings(), _run_id())["status"]}
+
+    def _only_if_promoted(decision: dict) -> dict:
+        # A refused gate ends its task as skipped: a skipped task emits no asset event, so the
+        # index is not rebuilt (nor a canary started) for a champion that did not change.
+        if not decision["promoted"]:
+            from airflow.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("not promoted: " + "; ".join(decision.get("reasons") or []))
+        return {"promoted": True}
 
     embedder = gate_embedder(export_embedder(register_embedder(evaluate_embedder(train_embedder()))))
     reranker = gate_reranker(export_reranker(register_reranker(evaluate_reranker(train_reranker()))))

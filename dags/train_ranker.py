@@ -60,6 +60,11 @@ def _ranker_dag(dag_id: str, schedule: str, incremental: bool, what: str):  # no
             run_id = context["run_id"].replace(":", "_").replace("+", "_")
             params = context["params"]
             summary = train_ranker(_settings(), run_id, params.get("catalog"), incremental=bool(params["incremental"]))
+            if not summary["gate"]["promoted"]:
+                # Skipped, not failed: no asset event for a champion that did not change.
+                from airflow.exceptions import AirflowSkipException
+
+                raise AirflowSkipException("not promoted: " + "; ".join(summary["gate"]["reasons"]))
             return {"version": summary["registered"], "promoted": summary["gate"]["promoted"],
                     "reasons": summary["gate"]["reasons"], "metrics": summary["metrics"]}
 

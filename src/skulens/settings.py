@@ -308,6 +308,72 @@ class BatchingSettings(_Model):
     max_wait_ms: float = Field(0.0, ge=0, le=100)
 
 
+class SharedStateSettings(_Model):
+    """The store every serving worker and replica shares (routing, experiments, canary statistics,
+    the LLM day's spend): a SQLite file on one machine, Redis across machines."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: Path | None = None  # default SKULENS_HOME/serving/control.db
+    redis_url: str | None = None
+    key_prefix: str = "skulens:control:"
+    # Seconds between a worker's looks at the routing (a change reaches every worker within this).
+    sync_s: float = Field(1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> SharedStateSettings:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("serving.shared.backend is 'redis' but redis_url is missing")
+        return self
+
+
+class ArmSettings(_Model):
+    """One arm of an experiment: the versions it serves (null: the published ones) and its share."""
+
+    share: float = Field(ge=0.0, le=1.0)
+    index_version: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    reranker_version: int | None = Field(None, ge=1)
+    ranker_version: int | None = Field(None, ge=1)
+
+
+class ExperimentSettings(_Model):
+    """An A/B experiment: arms (one is ``control``), shares adding up to 1, the salt that buckets
+    users for it alone, and the window it runs in (UTC, ISO 8601; null: open)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    arms: dict[str, ArmSettings]
+    salt: str | None = Field(None, min_length=1, max_length=128)
+    start: str | None = None
+    stop: str | None = None
+
+    @model_validator(mode="after")
+    def _arms(self) -> ExperimentSettings:
+        if "control" not in self.arms or len(self.arms) < 2:
+            raise ValueError(f"experiment {self.name!r} needs an arm 'control' and at least one other")
+        bad = [a for a in self.arms if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", a)]
+        if bad:
+            raise ValueError(f"experiment {self.name!r}: arm names {bad} must be 1-64 letters, digits, '-', '_'")
+        total = sum(arm.share for arm in self.arms.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"experiment {self.name!r}: shares add up to {total:g}, not 1")
+        return self
+
+
+class CanarySettings(_Model):
+    """Rollout steps of ``deploy_canary`` and the gates each step must pass (canary vs control over
+    the same window)."""
+
+    steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0])
+    hold_s: float = Field(600.0, gt=0)         # time at each step before the next
+    min_requests: int = Field(200, ge=1)       # canary requests a step needs before its gates decide
+    max_error_rate: float = Field(0.01, ge=0, le=1)      # searches with a failed stage or a 5xx
+    max_p95_ratio: float = Field(1.5, gt=0)              # canary p95 / control p95
+    max_p95_ms: float = Field(250.0, gt=0)               # and never above this
+    max_fallback_increase: float = Field(0.05, ge=0, le=1)  # canary - control share with a fallback
+    max_zero_result_increase: float = Field(0.02, ge=0, le=1)
+    max_ctr_drop: float = Field(0.2, ge=0, le=1)         # relative, once min_clicks control clicks seen
+    min_clicks: int = Field(50, ge=1)
+
+
 class ServingSettings(_Model):
     # The search request's total budget and each stage's timeout (ms); a late stage falls back.
     total_budget_ms: float = Field(150.0, gt=0)
@@ -355,9 +421,42 @@ class ServingSettings(_Model):
     admin_key_env: str = "SKULENS_ADMIN_KEY"
     # Experiment traffic split: variant name -> share (the champion variant is "control").
     traffic: dict[str, float] = Field(default_factory=lambda: {"control": 1.0})
+    # Experiments declared here run in their windows (one at a time; windows must not overlap);
+    # the admin API adds more at run time. Routing lives in the shared store (`shared`).
+    experiments: list[ExperimentSettings] = Field(default_factory=list)
+    shared: SharedStateSettings = Field(default_factory=SharedStateSettings)
+    canary: CanarySettings = Field(default_factory=CanarySettings)
     # Seconds between looks at the catalogue's published index (CURRENT): a newly published or
     # rolled-back version is loaded and swapped in by the service itself; 0 switches it off.
     watch_index_s: float = Field(5.0, ge=0)
+
+
+class DriftCheckSettings(_Model):
+    """One drift check: the Evidently method its columns are compared with and the threshold past
+    which a column counts as drifted (a distance or PSI: drifted above; a p-value test: below)."""
+
+    enabled: bool = True
+    method: str = "wasserstein"
+    threshold: float = Field(0.1, gt=0)
+
+
+class DriftSettings(_Model):
+    """``monitor_drift``: a reference window against the current one, per check."""
+
+    reference_days: float = Field(7.0, gt=0)   # the window before the current one
+    current_hours: float = Field(24.0, gt=0)   # the window under test
+    min_rows: int = Field(200, ge=10)          # fewer searches in a window: no decision (said so)
+    # A drift decision triggers train_and_export once; the next reference starts at that decision,
+    # so the shifted traffic becomes the new normal instead of triggering every hour.
+    checks: dict[str, DriftCheckSettings] = Field(default_factory=lambda: {
+        "query_text": DriftCheckSettings(method="wasserstein", threshold=0.1),
+        "query_embeddings": DriftCheckSettings(method="wasserstein", threshold=0.1),
+        "catalog": DriftCheckSettings(method="jensenshannon", threshold=0.1),
+        "outcomes": DriftCheckSettings(method="wasserstein", threshold=0.1)})
+
+
+class MonitoringSettings(_Model):
+    drift: DriftSettings = Field(default_factory=DriftSettings)
 
 
 class AirflowSettings(_Model):
@@ -402,6 +501,7 @@ class Settings(_Model):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     airflow: AirflowSettings
     dbt: DbtSettings
 

@@ -52,7 +52,7 @@ def test_importing_skulens_is_light():
 LAYERS = [
     {"__init__", "compat", "vectors", "progress", "settings", "storage"},
     {"data"},
-    {"streaming"},  # the events contract, the event log and online store the service uses, the stream job
+    {"streaming", "control"},  # the events contract, the event log and online store the service uses, the stream job
     {"models"},
     {"retrieval"},
     {"tracking"},

@@ -92,3 +92,18 @@ def test_the_ranker_dags_train_daily_from_scratch_and_hourly_incrementally(dagba
     assert "@daily" in repr(daily.timetable) or "0 0 * * *" in repr(daily.timetable)
     assert "@hourly" in repr(hourly.timetable) or "0 * * * *" in repr(hourly.timetable)
     assert daily.get_task("train").retries == 0
+
+
+def test_deploy_canary_follows_new_indexes_and_champions_and_never_retries(dagbag):
+    dag = dagbag.dags["deploy_canary"]
+    names = {asset.name for asset in dag.timetable.asset_condition.objects}
+    assert names == {"skulens_search_index", "skulens_champion_reranker", "skulens_champion_ranker"}
+    assert dag.get_task("rollout").retries == 0
+    assert set(dag.params.keys()) == {"index_version", "reranker_version", "ranker_version", "hold_s"}
+
+
+def test_a_refused_gate_emits_no_asset_event():
+    """Gate tasks skip (a skipped task emits no asset event) when the champion did not change."""
+    source = (PROJECT_ROOT / "dags" / "train_and_export.py").read_text(encoding="utf-8")
+    assert "AirflowSkipException" in source and "_only_if_promoted(p.gate_reranker" in source
+    assert "_only_if_promoted(p.gate_embedder" in source

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from skulens.control.routing import VariantSpec
 from skulens.serving.app import create_app
 from skulens.serving.llm.cascade import Cascade, TierPolicy
 from skulens.serving.llm.tiers import RuleTier
@@ -44,7 +45,7 @@ def client(parts, settings, monkeypatch, tmp_path):  # noqa: F811 - pytest fixtu
     published = {"version": "v1"}  # what the catalogue's CURRENT names
 
     def loader(settings, catalog, config, *, index_version=None, reranker_version=None, cascade=None,
-               on_batch=None):
+               on_batch=None, ranker_version=None):
         if index_version == "broken":
             raise FileNotFoundError("no index version 'broken'")
         pipeline = SearchPipeline(**parts, cascade=cascade, config=config,
@@ -59,7 +60,8 @@ def client(parts, settings, monkeypatch, tmp_path):  # noqa: F811 - pytest fixtu
     state.published_index = lambda: published["version"]
     state.cascade = Cascade([(RuleTier(), TierPolicy()), (recovery, TierPolicy())],
                             on_step=metrics.observe_llm_step)
-    state.variants["control"] = state._build("control", None, None)
+    state.connect()  # the shared routing (a SQLite file under this test's SKULENS_HOME)
+    state._install("control", state._build("control"), VariantSpec())
     app = create_app(lambda: state)
     with TestClient(app) as test_client:
         test_client.state_obj = state

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from skulens import __version__
-from skulens.cli import datasets, index, models, pipeline, stream
+from skulens.cli import datasets, experiments, index, models, pipeline, stream
 from skulens.cli.common import console, fail_on_errors, settings_from
 from skulens.cli.evaluate import eval_command
 from skulens.cli.serve import serve_command
@@ -26,6 +26,7 @@ app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(models.app, name="models")
 app.add_typer(index.app, name="index")
 app.add_typer(stream.app, name="stream")
+app.add_typer(experiments.app, name="experiments")
 app.command("eval")(eval_command)
 app.command("serve")(serve_command)
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)

@@ -248,3 +248,35 @@ def train_ranker_command(
     console.print_json(json.dumps({k: summary[k] for k in ("registered", "metrics", "propensities")}, default=str))
     verdict = "promoted to champion" if gate["promoted"] else "not promoted: " + "; ".join(gate["reasons"])
     console.print(f"{gate['name']} version {summary['registered']}: {verdict}", soft_wrap=True, highlight=False)
+
+
+@app.command("deploy-canary")
+@fail_on_errors
+def deploy_canary_command(
+    index_version: Annotated[str | None, typer.Option("--index-version", help="The challenger index version.")] = None,
+    reranker_version: Annotated[int | None, typer.Option("--reranker-version", help="The challenger reranker "
+                                                         "version.", min=1)] = None,
+    ranker_version: Annotated[int | None, typer.Option("--ranker-version", help="The challenger ranker version.",
+                                                       min=1)] = None,
+    hold_s: Annotated[float | None, typer.Option("--hold-s", help="Seconds at each step (default "
+                                                 "serving.canary.hold_s).", min=0.1)] = None,
+) -> None:
+    """Roll a challenger out to 5% -> 25% -> 50% -> 100% of shoppers in every serving worker (through
+    the shared routing), gated at each step against control on errors, p95 latency, fallbacks, zero
+    results and CTR; a failing gate rolls back by itself (traffic, index CURRENT, champion alias).
+    What the deploy_canary DAG runs; the record goes to SKULENS_HOME/reports/canary/."""
+    from skulens.control.routing import VariantSpec
+    from skulens.pipelines.canary import deploy_canary
+
+    if index_version is None and reranker_version is None and ranker_version is None:
+        raise typer.BadParameter("name the challenger: --index-version, --reranker-version or --ranker-version")
+    settings = settings_from()
+    if hold_s is not None:
+        settings = settings.model_copy(update={"serving": settings.serving.model_copy(
+            update={"canary": settings.serving.canary.model_copy(update={"hold_s": hold_s})})})
+    record = deploy_canary(settings, VariantSpec(index_version, reranker_version, ranker_version),
+                           progress=lambda line: console.print(line, soft_wrap=True, highlight=False))
+    console.print(f"rollout {record['id']}: {record['outcome']}; canary served {record['canary_share_served']:.1%} "
+                  f"of {record['total_requests']} requests", highlight=False)
+    if record["outcome"] != "promoted":
+        raise typer.Exit(code=1)

@@ -8,7 +8,9 @@ Endpoints: ``POST /search`` (JSON, or multipart with a photo file), ``POST /reco
 ``POST /recommend/session`` (each answer carries a ``search_id`` and is logged as a search record),
 ``POST /events`` (clicks, carts and purchases of shown results), ``GET /healthz``, ``GET /readyz``,
 ``GET /metrics``, the web page at ``GET /``, product photos at ``GET /products/{id}/image``, and
-the admin endpoints (``GET /admin/status``, ``POST /admin/reload``, ``POST /admin/traffic``), which
+the admin endpoints (``GET /admin/status``, ``POST /admin/reload``, ``POST /admin/traffic``,
+``POST /admin/experiments``, ``POST /admin/experiments/stop``; each change is written to the
+shared routing that every worker follows), which
 need the API key from the environment variable ``serving.admin_key_env`` names, sent as
 ``X-API-Key`` or a bearer token.
 """
@@ -343,7 +345,7 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
     async def admin_reload(request: Request) -> JSONResponse:
         current = admin(request)
         raw = await _json_body(request)
-        reject_unknown(raw, {"variant", "index_version", "reranker_version"})
+        reject_unknown(raw, {"variant", "index_version", "reranker_version", "ranker_version"})
         variant = raw.get("variant", "control")
         if not isinstance(variant, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", variant):
             raise RequestError(f"variant must be 1-64 letters, digits, '-' or '_', got {str(variant)[:70]!r}")
@@ -351,10 +353,11 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         if index_version is not None and (not isinstance(index_version, str)
                                           or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", index_version)):
             raise RequestError("index_version must be a version name (letters, digits, '.', '_', ':', '-')")
-        if reranker_version is not None and (isinstance(reranker_version, bool)
-                                             or not isinstance(reranker_version, int) or reranker_version < 1):
-            raise RequestError("reranker_version must be a positive integer")
-        versions = await run_in_threadpool(current.reload, variant, index_version, reranker_version)
+        ranker_version = raw.get("ranker_version")
+        for name, number in (("reranker_version", reranker_version), ("ranker_version", ranker_version)):
+            if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
+                raise RequestError(f"{name} must be a positive integer")
+        versions = await run_in_threadpool(current.reload, variant, index_version, reranker_version, ranker_version)
         return JSONResponse({"variant": variant, "versions": versions})
 
     @app.post("/admin/traffic", response_model=schemas.TrafficResponse, responses=admin_errors,
@@ -363,6 +366,26 @@ def create_app(get_state: Callable[[], ServingState | None], admin_key_env: str 
         current = admin(request)
         raw = await _json_body(request)
         return JSONResponse({"traffic": current.set_traffic(raw.get("traffic", raw))})
+
+    @app.post("/admin/experiments", response_model=schemas.ExperimentResponse, responses=admin_errors,
+              openapi_extra=schemas.request_body(schemas.ExperimentBody))
+    async def admin_experiment(request: Request) -> JSONResponse:
+        current = admin(request)
+        raw = await _json_body(request)
+        return JSONResponse(await run_in_threadpool(current.start_experiment, raw))
+
+    @app.post("/admin/experiments/stop", responses={**admin_errors, **schemas.errors(404)},
+              openapi_extra=schemas.request_body(schemas.StopExperimentBody))
+    async def admin_stop_experiment(request: Request) -> JSONResponse:
+        current = admin(request)
+        raw = await _json_body(request)
+        reject_unknown(raw, {"name"})
+        name = raw.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise RequestError("name must be 1-64 letters, digits, '-' or '_'")
+        if not await run_in_threadpool(current.stop_experiment, name):
+            return _error(404, f"no experiment {name!r}")
+        return JSONResponse({"stopped": name})
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

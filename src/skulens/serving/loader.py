@@ -57,7 +57,7 @@ def confined_photo(uri: str | None, root: Path | None) -> Path | None:
 
 def load_served(settings: Settings, catalog: str | None = None, config: Any = None, *,
                 index_version: str | None = None, reranker_version: int | None = None,
-                cascade: Any = None, on_batch: Any = None) -> Served:
+                cascade: Any = None, on_batch: Any = None, ranker_version: int | None = None) -> Served:
     """The pipeline over ``index_version`` (default: the published one) of ``catalog``.
 
     With ``serving.batching.enabled`` the query encoder and the reranker batch the calls of
@@ -104,7 +104,7 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
         if reranker is not None:
             reranker = BatchedReranker(reranker, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
                                        on_batch=on_batch)
-    ranker, versions["ranker"] = champion_ranker(settings, settings.serving.ranker_version) \
+    ranker, versions["ranker"] = champion_ranker(settings, ranker_version or settings.serving.ranker_version) \
         if settings.serving.ranker else (None, "off (serving.ranker is false)")
     kwargs = {"config": config} if config is not None else {}
     pipeline = SearchPipeline(

@@ -75,6 +75,28 @@ class ReloadBody(_Closed):
     variant: str = Field("control", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     index_version: str | None = None
     reranker_version: int | None = None
+    ranker_version: int | None = None
+
+
+class ExperimentBody(_Closed):
+    """An A/B experiment every worker runs: arms (one named control) with versions and shares."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    arms: dict[str, dict[str, float | int | str | None]] = Field(
+        ..., description="arm name -> {share, index_version, reranker_version, ranker_version}; one arm is "
+                         "named control; shares add up to 1")
+    salt: str | None = Field(None, description="buckets users for this experiment alone (default: its name)")
+    start: str | None = Field(None, description="ISO 8601 (default: now)")
+    stop: str | None = Field(None, description="ISO 8601 (default: until stopped)")
+
+
+class StopExperimentBody(_Closed):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ExperimentResponse(_Open):
+    name: str
+    arms: dict[str, dict[str, Any]]
 
 
 class TrafficBody(_Closed):
@@ -190,7 +212,8 @@ def request_body(json_model: type[BaseModel] | None = None,
 
 
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (SearchBody, SearchForm, SimilarBody, SessionBody, ReloadBody,
-                                               TrafficBody, SearchFilters, EventsBody, ErrorBody)
+                                               TrafficBody, SearchFilters, EventsBody, ErrorBody, ExperimentBody,
+                                               StopExperimentBody)
 
 
 def add_request_schemas(spec: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,11 @@
 """What a running service holds: the loaded variants (champion ``control`` and any experiment
-arms), the traffic split between them, the LLM cascade, the recommender and the metrics.
+or canary arms), the split between them, the LLM cascade, the recommender and the metrics.
+
+Routing is not this process's to decide: it lives in the shared control store
+(:mod:`skulens.control`), and every worker of every replica follows it (:meth:`ServingState.sync`,
+every ``serving.shared.sync_s``): it loads the variants the routing names, drops the others and
+buckets shoppers with the routing's salt. An admin change is written there and reaches every
+worker; the workers add their per-variant statistics there for the canary gates.
 
 Reloading a variant builds the new one completely before swapping it in; when the build fails the
 old variant keeps serving and the failure is counted (``skulens_reloads{outcome="failed"}``).
@@ -7,13 +13,16 @@ old variant keeps serving and the failure is counted (``skulens_reloads{outcome=
 
 from __future__ import annotations
 
-import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from skulens.control.routing import ROUTING, Experiment, Plan, Routing, RoutingError, VariantSpec, assign
+from skulens.control.stats import VariantStats
+from skulens.control.store import Conflict
 from skulens.serving.feedback import ServiceEvents
 from skulens.serving.loader import Served, load_served
 from skulens.serving.pipeline import RequestError, SearchRequest, ServingConfig
@@ -30,7 +39,13 @@ class ServingState:
         self.catalog = catalog or settings.retrieval.catalog
         self.cascade = cascade
         self.variants: dict[str, Served] = {}
-        self.traffic: dict[str, float] = {"control": 1.0}
+        self.specs: dict[str, VariantSpec] = {}  # the versions each loaded variant was asked for
+        self.traffic: dict[str, float] = {"control": 1.0}  # the split in force (loaded variants only)
+        self.salt, self.experiment = "traffic", None
+        self.routing = Routing()
+        self.control: Any = None  # the shared control store (connect()); None: this process alone
+        self.stats = VariantStats()
+        self._failed: dict[str, VariantSpec] = {}  # a variant whose build failed, until its spec changes
         self.config = ServingConfig.from_settings(settings.serving)
         self.started = time.time()
         self._lock = threading.Lock()
@@ -42,26 +57,139 @@ class ServingState:
         # The loop: search records and client events out (no event log until load() makes one:
         # searches still get their search_id), online features in (None: none read).
         self.events = ServiceEvents(None, metrics, catalog=self.catalog)
+        self.events.on_click = self._click
         self._features: Any = None
 
     @classmethod
     def load(cls, settings: Any, metrics: Any, *, catalog: str | None = None, with_cascade: bool = True
              ) -> ServingState:
         """Load the champion variant and the cascade ``serving.llm`` describes."""
-        from skulens.serving.llm.cascade import build_cascade
+        from skulens.serving.llm.cascade import SharedDailyBudget, build_cascade
 
         state = cls(settings, metrics, catalog=catalog)
-        served = state._build("control", None, None)  # _build applies serving.reranker_version
+        state.connect()
+        control = state.routing.plan().specs["control"]
+        served = state._build("control", control)  # _build applies serving.reranker_version
         if with_cascade:
             state.cascade = build_cascade(settings, served.vocabulary, on_step=metrics.observe_llm_step)
+            state.cascade.daily = SharedDailyBudget(state.control, settings.serving.llm.per_day_usd)
             served.pipeline.cascade = state.cascade
-        state.variants["control"] = served
-        state.set_traffic({name: share for name, share in settings.serving.traffic.items() if name in state.variants}
-                          or {"control": 1.0})
+        state._install("control", served, control)
+        state.sync()  # the other variants the routing names (an experiment or a canary in progress)
         if settings.serving.watch_index_s > 0:
             state.watch_index(settings.serving.watch_index_s)
+        state.follow_routing(settings.serving.shared.sync_s)
         state.start_loop()
         return state
+
+    # -- the shared routing --------------------------------------------------------------------
+    def connect(self) -> None:
+        """Open the shared control store and read its routing; the first worker ever seeds it from
+        configuration (``serving.traffic``, ``serving.experiments``)."""
+        from skulens.control.store import open_control
+
+        self.control = open_control(self.settings)
+        configured = [Experiment.parse(e.model_dump()) for e in self.settings.serving.experiments]
+
+        def seed(routing: Routing) -> None:
+            known = {e.name for e in routing.experiments}
+            routing.experiments += [e for e in configured if e.name not in known]
+
+        self.update_routing(seed)
+
+    def update_routing(self, change: Any) -> Routing:
+        """Apply ``change(routing)`` to the shared routing (compare-and-set, retried when another
+        worker wrote in between), then follow it here at once."""
+        for _ in range(20):
+            if self.control is None:
+                routing = Routing.from_doc(self.routing.to_doc(), self.routing.revision)
+                change(routing)
+                routing.revision += 1
+                break
+            doc, revision = self.control.read(ROUTING)
+            routing = Routing.from_doc(doc, revision)
+            change(routing)
+            try:
+                routing.revision = self.control.write(ROUTING, routing.to_doc(), expect=revision)
+                break
+            except Conflict:
+                continue
+        else:
+            raise RequestError("the routing kept changing under this update; try again", status=409)
+        self.routing = routing
+        self._apply(routing.plan())
+        return routing
+
+    def sync(self) -> None:
+        """Follow the shared routing (load what it names, drop what it does not, take its split) and
+        add this worker's per-variant statistics to the store."""
+        if self.control is not None:
+            doc, revision = self.control.read(ROUTING)
+            if revision != self.routing.revision:
+                self.routing = Routing.from_doc(doc, revision)
+            self.stats.flush(self.control, self.routing.stats_window)
+        self._apply(self.routing.plan())
+
+    def follow_routing(self, every_s: float) -> None:
+        """:meth:`sync` from a background thread every ``every_s`` seconds."""
+        def loop() -> None:
+            while not self._stop.wait(every_s):
+                try:
+                    self.sync()
+                except Exception:  # noqa: BLE001, S110 - an unreachable store must not stop serving
+                    self.metrics.reloads.labels(target="routing", outcome="failed").inc()
+        threading.Thread(target=loop, name="skulens-routing", daemon=True).start()
+
+    def _apply(self, plan: Plan) -> None:
+        for name, spec in plan.specs.items():
+            if name in self.variants and self.specs.get(name) == spec:
+                continue
+            if self._failed.get(name) == spec:
+                continue  # failed before with these versions: wait for a different spec
+            same = next((n for n, s in self.specs.items() if s == spec and n in self.variants), None)
+            if same is not None:
+                self._install(name, self.variants[same], spec)
+                continue
+            try:
+                self._install(name, self._build(name, spec), spec)
+            except Exception:  # noqa: BLE001 - counted; the variant's share goes to control meanwhile
+                self._failed[name] = spec
+                self.metrics.reloads.labels(target=name, outcome="failed").inc()
+        for name in [n for n in self.variants if n not in plan.specs]:
+            self._uninstall(name)
+        loaded = {n: share for n, share in plan.shares.items() if n in self.variants}
+        loaded["control"] = loaded.get("control", 0.0) + sum(s for n, s in plan.shares.items() if n not in loaded)
+        with self._lock:
+            self.traffic, self.salt, self.experiment = loaded, plan.salt, plan.experiment
+        control = plan.specs.get("control")
+        self.pinned_index = control.index_version if control else None
+
+    def _install(self, name: str, served: Served, spec: VariantSpec) -> None:
+        with self._lock:
+            old = self.variants.get(name)
+            self.variants[name] = served
+            self.specs[name] = spec
+            self._failed.pop(name, None)
+            # Names that shared the old pipeline with the same versions move with it (an A/A arm).
+            for other, held in list(self.variants.items()):
+                if held is old and other != name and self.specs.get(other) == spec:
+                    self.variants[other] = served
+            still_used = any(held is old for held in self.variants.values())
+        if old is not None and old is not served and not still_used:
+            # Searches that took the old pipeline finish on it; it closes when the last one ends.
+            retire = getattr(old.pipeline, "retire", None) or old.pipeline.close
+            retire()
+
+    def _uninstall(self, name: str) -> None:
+        if name == "control":
+            return
+        with self._lock:
+            old = self.variants.pop(name, None)
+            self.specs.pop(name, None)
+            still_used = any(held is old for held in self.variants.values())
+        if old is not None and not still_used:
+            retire = getattr(old.pipeline, "retire", None) or old.pipeline.close
+            retire()
 
     @property
     def features(self) -> Any:
@@ -80,6 +208,7 @@ class ServingState:
 
         stream = self.settings.stream
         self.events = ServiceEvents.from_settings(self.settings, self.metrics, self.catalog)
+        self.events.on_click = self._click
         self.features = FeatureCache(lambda: open_store(self.settings), stream.features_refresh_s,
                                      stream.features_stale_s).start()
 
@@ -123,13 +252,15 @@ class ServingState:
         if self.features is not None:
             self.features.close()
 
-    def _build(self, variant: str, index_version: str | None, reranker_version: int | None) -> Served:
+    def _build(self, variant: str, spec: VariantSpec | None = None, reranker_version: int | None = None) -> Served:
         # A reload that names no reranker version keeps the one configured (serving.reranker_version).
-        reranker_version = reranker_version or self.settings.serving.reranker_version
+        if spec is None or isinstance(spec, str):  # _build(name, index_version, reranker_version)
+            spec = VariantSpec(spec, reranker_version)
         config = ServingConfig(**{**self.config.__dict__, "variant": variant})
-        served = self.loader(self.settings, self.catalog, config, index_version=index_version,
-                             reranker_version=reranker_version, cascade=self.cascade,
-                             on_batch=self.metrics.observe_batch)
+        extra = {"ranker_version": spec.ranker_version} if spec.ranker_version is not None else {}
+        served = self.loader(self.settings, self.catalog, config, index_version=spec.index_version,
+                             reranker_version=spec.reranker_version or self.settings.serving.reranker_version,
+                             cascade=self.cascade, on_batch=self.metrics.observe_batch, **extra)
         served.pipeline.features = self._features
         if hasattr(served.pipeline, "warm_up"):
             served.pipeline.warm_up()  # before the variant takes traffic (and before /readyz says ready)
@@ -137,79 +268,89 @@ class ServingState:
 
     # -- admin ---------------------------------------------------------------------------------
     def reload(self, variant: str = "control", index_version: str | None = None,
-               reranker_version: int | None = None) -> dict[str, str]:
-        """Load ``variant`` anew (a named index or reranker version, else the published ones)."""
+               reranker_version: int | None = None, ranker_version: int | None = None) -> dict[str, str]:
+        """Load ``variant`` anew (named versions, else the published ones) here, then write it to the
+        shared routing so that every other worker loads it too."""
         if not variant or len(variant) > 64 or not variant.replace("_", "").replace("-", "").isalnum():
             raise RequestError("variant must be 1-64 letters, digits, '-' or '_'")
+        spec = VariantSpec(index_version, reranker_version, ranker_version)
         try:
-            served = self._build(variant, index_version, reranker_version)
+            served = self._build(variant, spec)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the old variant serving
             self.metrics.reloads.labels(target=variant, outcome="failed").inc()
             old = self.variants.get(variant)
             serving = old.pipeline.versions if old else {}
             raise ReloadError(f"reload of {variant!r} failed ({type(exc).__name__}: {exc}); "
                               f"still serving {serving or 'nothing under that name'}") from exc
-        with self._lock:
-            old = self.variants.get(variant)
-            self.variants[variant] = served
-            if variant == "control":
-                self.pinned_index = index_version
-        if old is not None:
-            # Searches that took the old pipeline finish on it; it closes when the last one ends.
-            retire = getattr(old.pipeline, "retire", None) or old.pipeline.close
-            retire()
+        self._install(variant, served, spec)
+        self.update_routing(lambda routing: routing.variants.__setitem__(variant, spec))
         self.metrics.reloads.labels(target=variant, outcome="ok").inc()
         return served.pipeline.versions
 
     def set_traffic(self, split: Mapping[str, Any]) -> dict[str, float]:
-        """Shares per variant (they must be loaded, non-negative and add up to 1)."""
-        if not isinstance(split, Mapping) or not split:
-            raise RequestError("traffic must map variant names to shares, e.g. {\"control\": 0.9, \"b\": 0.1}")
-        unknown = sorted(set(split) - set(self.variants))
-        if unknown:
-            raise RequestError(f"variant(s) {', '.join(unknown)} not loaded; load with /admin/reload first")
-        shares = {}
-        for name, share in split.items():
-            if isinstance(share, bool) or not isinstance(share, (int, float)) or share < 0:
-                raise RequestError(f"share of {name!r} must be a non-negative number, got {share!r}")
-            shares[name] = float(share)
-        if abs(sum(shares.values()) - 1.0) > 1e-6:
-            raise RequestError(f"shares add up to {sum(shares.values()):g}, not 1")
-        with self._lock:
-            self.traffic = shares
+        """Shares per variant (declared in the routing, non-negative, adding up to 1), for every worker."""
+        try:
+            shares = self.routing.check_traffic(split)
+        except RoutingError as exc:
+            raise RequestError(str(exc)) from exc
+
+        def change(routing: Routing) -> None:
+            routing.traffic = shares
+        self.update_routing(change)
         return dict(shares)
 
+    def start_experiment(self, raw: Any) -> dict[str, Any]:
+        """Declare an experiment (replacing one of the same name) for every worker."""
+        try:
+            experiment = Experiment.parse(raw)
+        except RoutingError as exc:
+            raise RequestError(str(exc)) from exc
+
+        def change(routing: Routing) -> None:
+            routing.experiments = [e for e in routing.experiments if e.name != experiment.name] + [experiment]
+        self.update_routing(change)
+        if self.control is not None:
+            self.control.append("experiments", experiment.to_dict())  # the report reads the shares here
+        return experiment.to_dict()
+
+    def stop_experiment(self, name: str) -> bool:
+        """Remove experiment ``name`` from the routing (its events stay for the report)."""
+        found = any(e.name == name for e in self.routing.experiments)
+
+        def change(routing: Routing) -> None:
+            routing.experiments = [e for e in routing.experiments if e.name != name]
+        self.update_routing(change)
+        return found
+
     def variant_for(self, key: str | None) -> str:
-        """The variant of a user (or session): a stable hash bucket, so a user keeps their arm."""
-        traffic = self.traffic
-        if len(traffic) == 1 or key is None:
-            return max(traffic, key=lambda name: traffic[name]) if key is None else next(iter(traffic))
-        bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x100000000
-        total = 0.0
-        for name, share in sorted(traffic.items()):
-            total += share
-            if bucket < total:
-                return name
-        return sorted(traffic)[-1]
+        """The variant of a user (or session): their salted bucket, so a user keeps their arm."""
+        return assign(key, self.traffic, self.salt)
 
     def status(self) -> dict[str, Any]:
         cascade = self.cascade
         return {"catalog": self.catalog, "variants": {n: v.pipeline.versions for n, v in self.variants.items()},
-                "traffic": self.traffic, "uptime_s": round(time.time() - self.started, 1),
+                "traffic": self.traffic, "salt": self.salt, "experiment": self.experiment,
+                "routing": {"revision": self.routing.revision, "store": self.settings.serving.shared.backend
+                            if self.control is not None else "none (this process only)",
+                            "experiments": [e.name for e in self.routing.experiments],
+                            "stats_window": self.routing.stats_window,
+                            "failed": {n: s.to_dict() for n, s in self._failed.items()}},
+                "uptime_s": round(time.time() - self.started, 1),
                 "worker_pid": os.getpid(), "published_index": self._published_or_none(),
                 "pinned_index": self.pinned_index, "watching_index": self._watcher is not None,
-                # Until the shared serving state lands (the canary issue), these live in each worker.
-                "per_worker": {"state": ["variants", "traffic", "llm.spent_today_usd", "llm.breakers", "llm.cache",
-                                         "admission limit", "query vector cache",
-                                         "recent client event ids (duplicates; the stream job dedupes exactly)"],
-                               "note": "admin reloads, the traffic split, the LLM daily budget, breakers "
-                                       "and cache are held by this worker process only; with several "
-                                       "workers, each must be told and each spends its own budget"},
+                # Routing, experiments, canary statistics and the LLM day's spend are shared
+                # (serving.shared); these stay in each worker.
+                "per_worker": {"state": ["llm.breakers", "llm.cache", "admission limit", "query vector cache",
+                                         "recent client event ids (duplicates; the stream job dedupes exactly)"]},
                 "loop": self._loop_status(),
                 "llm": {"tiers": cascade.names, "ready": {t.name: t.ready() for t, _ in cascade.tiers},
                         "breakers": {n: b.state for n, b in cascade.breakers.items()},
-                        "spent_today_usd": round(cascade.daily.spent, 6), "cache_entries": len(cascade.cache)}
+                        "spent_today_usd": round(cascade.daily.spent_today(), 6), "cache_entries": len(cascade.cache)}
                 if cascade else None}
+
+    def _click(self, variant: str) -> None:
+        if variant in self.variants:  # a search id naming no loaded variant counts for none
+            self.stats.click(variant)
 
     def _loop_status(self) -> dict[str, Any]:
         """This worker's event log and feature cache: what landed, what was lost, how fresh."""
@@ -228,19 +369,32 @@ class ServingState:
 
     # -- requests ------------------------------------------------------------------------------
     def served(self, key: str | None) -> Served:
-        return self.variants[self.variant_for(key)]
+        return self.variants.get(self.variant_for(key)) or self.variants["control"]
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
         # Take the variant and count the search on it in one step, so that a reload between the two
         # cannot close the pipeline under a search that is about to start on it.
         with self._lock:
-            served = self.served(request.user_id or request.session_id)
+            name = self.variant_for(request.user_id or request.session_id)
+            served = self.variants.get(name) or self.variants["control"]
+            name = name if name in self.variants else "control"
+            experiment = self.experiment
             entered = hasattr(served.pipeline, "enter")
             if entered:
                 served.pipeline.enter()
-        result = served.pipeline.search(request, entered=True) if entered else served.pipeline.search(request)
+        started = time.perf_counter()
+        try:
+            result = served.pipeline.search(request, entered=True) if entered else served.pipeline.search(request)
+        except Exception:
+            self.stats.search(name, (time.perf_counter() - started) * 1000, error=True, fallback=True, zero=True)
+            raise
         self.metrics.observe_search(result)
+        self.stats.search(name, result.total_ms, error=stage_failed(result.stages), fallback=bool(result.fallbacks),
+                          zero=not result.items)
         body = self.with_photos(result.to_dict(), served)
+        body["variant"] = name  # an arm that shares another's pipeline (same versions) is still itself
+        if experiment is not None:
+            body["versions"] = {**body["versions"], "experiment": experiment}  # the exposure, logged with the search
         for item in body["items"]:
             item["category"] = served.categories.get(item["product_id"])
         return body
@@ -261,3 +415,12 @@ class ServingState:
             served.recommender = Recommender(served.live, served.titles, served.categories, popularity,
                                              features=self.features)
         return served.recommender
+
+
+_RAISED = re.compile(r"\b[A-Z][A-Za-z]*(Error|Exception|Failure)\b")
+
+
+def stage_failed(stages: Any) -> bool:
+    """Whether a stage raised (its fallback names an exception; a late stage is not an error): the
+    canary's error signal."""
+    return any(stage.status == "fallback" and _RAISED.search(str(stage.detail or "")) for stage in stages)

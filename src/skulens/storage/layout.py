@@ -49,6 +49,11 @@ def events_dir(settings: Any, catalog: str) -> Path:
     return settings.events_dir / catalog
 
 
+def control_db(settings: Any) -> Path:
+    """The serving workers' shared control store when it is a SQLite file (``serving.shared``)."""
+    return settings.home / "serving" / "control.db"
+
+
 def model_cache(settings: Any) -> Path:
     return settings.home / "cache" / "models"
 

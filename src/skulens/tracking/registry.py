@@ -208,6 +208,8 @@ def promote_if_better(settings: Settings, kind: str, version: int) -> GateDecisi
     elif passed:
         mlc.set_registered_model_alias(name, CHAMPION, str(version))
         mlc.set_model_version_tag(name, str(version), "gate", "promoted")
+        # What a canary rollback of this version restores (skulens.pipelines.canary).
+        mlc.set_model_version_tag(name, str(version), "champion_before", str(champion or ""))
     else:
         mlc.set_model_version_tag(name, str(version), "gate", "refused: " + "; ".join(reasons)[:4000])
     return decision

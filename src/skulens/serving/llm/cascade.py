@@ -107,6 +107,39 @@ class DailyBudget:
             self._roll()
             self.spent += usd
 
+    def spent_today(self) -> float:
+        with self._lock:
+            self._roll()
+            return self.spent
+
+
+class SharedDailyBudget(DailyBudget):
+    """The day's spend kept in the shared control store, so that all workers and replicas spend one
+    budget (``per_day_usd`` is the service's, not each worker's). Without a store: this process's."""
+
+    def __init__(self, store: Any, limit_usd: float, today: Callable[[], str] | None = None) -> None:
+        super().__init__(limit_usd, today)
+        self.store = store
+
+    def _key(self) -> str:
+        return f"llm:spend:{self.today()}"
+
+    def can_spend(self, usd: float) -> bool:
+        if self.store is None:
+            return super().can_spend(usd)
+        return self.spent_today() + usd <= self.limit
+
+    def spend(self, usd: float) -> None:
+        if self.store is None:
+            super().spend(usd)
+        else:
+            self.store.add(self._key(), {"usd": usd})
+
+    def spent_today(self) -> float:
+        if self.store is None:
+            return super().spent_today()
+        return float(self.store.totals(self._key()).get("usd", 0.0))
+
 
 class Cascade:
     """Tiers in escalation order, each with its :class:`TierPolicy`; see the module docstring."""
