@@ -73,8 +73,16 @@ def check_gates(canary: Summary, control: Summary, rules: Any) -> list[str]:
         failed.append(f"fallback rate {canary.fallback_rate:.3f} vs control {control.fallback_rate:.3f}")
     if canary.zero_result_rate > control.zero_result_rate + rules.max_zero_result_increase:
         failed.append(f"zero-result rate {canary.zero_result_rate:.3f} vs control {control.zero_result_rate:.3f}")
-    if control.clicks >= rules.min_clicks and canary.ctr < control.ctr * (1 - rules.max_ctr_drop):
-        failed.append(f"CTR {canary.ctr:.3f} < {1 - rules.max_ctr_drop:.2f} x control {control.ctr:.3f}")
+    # Only a drop both samples make sure of: a one-sided z-test of canary CTR against the floor
+    # (control's CTR less the allowed drop) at z > 3, strict because the gates look again at every
+    # poll; a canary at 5% has few requests and its raw CTR alone would roll back good challengers.
+    keep = 1 - rules.max_ctr_drop
+    floor = control.ctr * keep
+    spread = (canary.ctr * (1 - canary.ctr) / max(canary.requests, 1)
+              + keep * keep * control.ctr * (1 - control.ctr) / max(control.requests, 1)) ** 0.5
+    if control.clicks >= rules.min_clicks and canary.ctr < floor and (floor - canary.ctr) > 3 * max(spread, 1e-9):
+        z = (floor - canary.ctr) / spread
+        failed.append(f"CTR {canary.ctr:.3f} < {keep:.2f} x control {control.ctr:.3f} (z {z:.1f})")
     return failed
 
 
@@ -241,12 +249,17 @@ def _finish(settings: Any, store: ControlStore, rollout: Rollout, name: str, out
 def _publish(settings: Any, versions: dict[str, Any]) -> None:
     """Point the index ``CURRENT`` and the champion aliases at ``versions`` (None: leave as is)."""
     from skulens.storage.layout import index_store
-    from skulens.tracking.registry import CHAMPION, alias_version, client
 
     index = versions.get("index_version")
     store = index_store(settings, settings.retrieval.catalog)
     if index and store.current_id() != index:
         store.set_current(index)
+    _set_aliases(settings, versions)
+
+
+def _set_aliases(settings: Any, versions: dict[str, Any]) -> None:
+    from skulens.tracking.registry import CHAMPION, alias_version, client
+
     for kind in ("reranker", "ranker"):
         version = versions.get(f"{kind}_version")
         name = getattr(settings.models, kind)

@@ -1,0 +1,110 @@
+"""The shared control store, routing and experiment analysis: what every serving worker relies on."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from skulens.control.routing import Experiment, Routing, RoutingError, VariantSpec, assign, bucket
+from skulens.control.stats import VariantStats, read_window
+from skulens.control.store import Conflict, SQLiteControl
+from skulens.evaluation.experiments import analyse, simulate_exposures
+
+
+def test_a_stale_write_loses_and_concurrent_additions_all_count(tmp_path):
+    store, other = SQLiteControl(tmp_path / "c.db"), SQLiteControl(tmp_path / "c.db")  # two workers
+    first = store.write("routing", {"a": 1}, expect=0)
+    other.write("routing", {"a": 2}, expect=first)
+    with pytest.raises(Conflict):
+        store.write("routing", {"a": 3}, expect=first)  # read before the other worker's write
+    assert store.read("routing") == ({"a": 2}, 2)
+
+    def spend() -> None:
+        for _ in range(200):
+            SQLiteControl(tmp_path / "c.db").add("llm:spend:day", {"usd": 0.01})
+    threads = [threading.Thread(target=spend) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.totals("llm:spend:day")["usd"] == pytest.approx(8.0)
+
+
+def test_buckets_are_salted_per_experiment_and_a_growing_canary_keeps_its_shoppers():
+    users = [f"u{i}" for i in range(4000)]
+    a = [assign(u, {"control": 0.5, "b": 0.5}, "exp-a") for u in users]
+    b = [assign(u, {"control": 0.5, "b": 0.5}, "exp-b") for u in users]
+    assert 0.45 < a.count("b") / len(users) < 0.55
+    agree = np.mean([x == y for x, y in zip(a, b, strict=True)])
+    assert 0.45 < agree < 0.55  # independent experiments: no carry-over of the same half
+    small = {u for u in users if assign(u, {"control": 0.95, "canary": 0.05}, "c1") == "canary"}
+    large = {u for u in users if assign(u, {"control": 0.75, "canary": 0.25}, "c1") == "canary"}
+    assert small and small <= large and 0.2 < len(large) / len(users) < 0.3
+    assert assign(None, {"control": 0.5, "b": 0.5}, "x") == "control"  # no id: the champion
+    assert bucket("u1", "s") == bucket("u1", "s") != bucket("u1", "t")
+
+
+def test_experiments_are_validated_and_run_only_in_their_window():
+    raw = {"name": "rr", "arms": {"control": {"share": 0.5}, "b": {"share": 0.5, "reranker_version": 3}},
+           "start": "2026-01-01T00:00:00Z", "stop": "2026-01-08T00:00:00+00:00"}
+    routing = Routing(variants={"control": VariantSpec("idx-1")}, experiments=[Experiment.parse(raw)])
+    from datetime import UTC, datetime
+
+    inside = routing.plan(datetime(2026, 1, 3, tzinfo=UTC))
+    assert inside.experiment == "rr" and inside.salt == "rr"
+    assert inside.specs["b"] == VariantSpec(None, 3) and inside.specs["control"] == VariantSpec("idx-1")
+    assert routing.plan(datetime(2026, 2, 1, tzinfo=UTC)).experiment is None
+    for bad, message in [({**raw, "arms": {"b": {"share": 1.0}}}, "control"),
+                         ({**raw, "arms": {"control": {"share": 0.5}, "b": {"share": 0.6}}}, "add up"),
+                         ({**raw, "stop": "2025-01-01T00:00:00Z"}, "after"),
+                         ({**raw, "arms": {"control": {"share": 0.5}, "b": {"share": 0.5, "ranker_version": 0}}},
+                          "ranker_version")]:
+        with pytest.raises(RoutingError, match=message):
+            Experiment.parse(bad)
+
+
+def test_worker_statistics_add_up_in_the_store_and_give_a_p95(tmp_path):
+    store = SQLiteControl(tmp_path / "c.db")
+    for _worker in range(2):
+        stats = VariantStats()
+        for i in range(100):
+            stats.search("canary", 10 + i, error=i < 5, fallback=i < 10, zero=False)
+        stats.click("canary")
+        stats.flush(store, "r1:0")
+    summary = read_window(store, "r1:0", ["canary"])["canary"]
+    assert summary.requests == 200 and summary.errors == 10 and summary.clicks == 2
+    assert summary.error_rate == pytest.approx(0.05) and summary.p95_ms == 125.0  # 104-109 ms: the 125 bucket
+
+
+def test_a_known_better_arm_is_detected_and_the_split_checked():
+    shares = {"control": 0.5, "b": 0.5}
+    data = simulate_exposures(20_000, shares, {"control": 0.20, "b": 0.22}, seed=1)
+    report = analyse(data, shares)
+    ctr = report["arms"]["b"]["lift"]["ctr"]
+    assert ctr["ci_low"] > 0 and ctr["p_value"] < 0.01 and 0.05 < ctr["lift"] < 0.15
+    assert not report["srm"]["mismatch"]
+    lopsided = data[(data["arm"] == "control") | (data.index % 3 != 0)]  # a third of b's shoppers lost
+    assert analyse(lopsided, shares)["srm"]["mismatch"]
+    assert report["users_needed_per_arm"] > 0
+
+
+def test_a_a_tests_flag_a_difference_at_about_the_nominal_rate():
+    shares = {"control": 0.5, "b": 0.5}
+    flagged = [analyse(simulate_exposures(2_000, shares, {"control": 0.2, "b": 0.2}, seed=seed), shares)
+               ["arms"]["b"]["lift"]["ctr"]["p_value"] < 0.05 for seed in range(200)]
+    assert 0.015 <= np.mean(flagged) <= 0.095
+
+
+def test_canary_gates_catch_errors_slowness_and_a_real_ctr_drop_but_not_noise(settings):
+    from skulens.control.stats import Summary
+    from skulens.pipelines.canary import check_gates
+
+    rules = settings.serving.canary
+    control = Summary(2000, 2, 40, 60, 600, 60.0)
+    assert check_gates(Summary(300, 1, 6, 9, 85, 75.0), control, rules) == []  # CTR 0.28 vs 0.30: noise
+    assert any("error rate" in f for f in check_gates(Summary(300, 30, 30, 9, 90, 60.0), control, rules))
+    assert any("p95" in f for f in check_gates(Summary(300, 0, 6, 9, 90, 400.0), control, rules))
+    shuffled = check_gates(Summary(300, 0, 6, 9, 30, 60.0), control, rules)  # CTR 0.10 vs 0.30
+    assert any(f.startswith("CTR") for f in shuffled)
