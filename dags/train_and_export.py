@@ -15,6 +15,7 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 TRAINING_PAIRS = Asset(name="skulens_training_pairs", uri="file:///skulens/pairs")
 CHAMPION_EMBEDDER = Asset(name="skulens_champion_embedder", uri="file:///skulens/models/skulens-embedder")
 CHAMPION_RERANKER = Asset(name="skulens_champion_reranker", uri="file:///skulens/models/skulens-reranker")
+DRIFT = Asset(name="skulens_drift", uri="file:///skulens/reports/drift")
 
 DOC = """
 ### train_and_export
@@ -57,7 +58,8 @@ def _params():  # noqa: ANN202
 @dag(
     dag_id="train_and_export",
     doc_md=DOC,
-    schedule=[TRAINING_PAIRS],
+    # New training pairs, or a drift decision of monitor_drift (its asset event names the reason).
+    schedule=(TRAINING_PAIRS | DRIFT),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

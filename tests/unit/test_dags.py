@@ -107,3 +107,12 @@ def test_a_refused_gate_emits_no_asset_event():
     source = (PROJECT_ROOT / "dags" / "train_and_export.py").read_text(encoding="utf-8")
     assert "AirflowSkipException" in source and "_only_if_promoted(p.gate_reranker" in source
     assert "_only_if_promoted(p.gate_embedder" in source
+
+
+def test_monitor_drift_runs_hourly_and_after_index_builds_and_its_asset_schedules_retraining(dagbag):
+    drift = dagbag.dags["monitor_drift"]
+    assert {a.name for t in drift.tasks for a in t.outlets} == {"skulens_drift"}
+    assert drift.timetable.asset_condition.name == "skulens_search_index"
+    assert "hourly" in drift.timetable.summary or "0 * * * *" in drift.timetable.summary
+    train = dagbag.dags["train_and_export"]
+    assert {a.name for a in train.timetable.asset_condition.objects} == {"skulens_training_pairs", "skulens_drift"}

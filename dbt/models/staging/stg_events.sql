@@ -29,7 +29,7 @@ service as (
         catalog || ':' || product_id as product_key,
         event_type,
         position,
-        null as experiment,
+        json_extract_string(versions, '$.experiment') as experiment,
         variant,
         search_id
     from {{ source('skulens', 'service_events') }}

@@ -280,3 +280,23 @@ def deploy_canary_command(
                   f"of {record['total_requests']} requests", highlight=False)
     if record["outcome"] != "promoted":
         raise typer.Exit(code=1)
+
+
+@app.command("monitor-drift")
+@fail_on_errors
+def monitor_drift_command() -> None:
+    """Compare the current window of searches, outcomes, query embeddings and the catalogue with the
+    reference window (Evidently reports under SKULENS_HOME/reports/drift/); what the hourly
+    monitor_drift DAG runs. Exit code 3 when drift asks for retraining."""
+    from datetime import UTC, datetime
+
+    from skulens.pipelines.monitor_drift import monitor_drift
+
+    decision = monitor_drift(settings_from(), datetime.now(UTC).strftime("cli-%Y%m%dT%H%M%S"))
+    for check in decision["checks"]:
+        state = f"skipped ({check['skipped']})" if check["skipped"] else ("DRIFT" if check["drifted"] else "stable")
+        console.print(f"  {check['name']}: {state}", highlight=False, soft_wrap=True)
+    console.print("drift: retraining asked for: " + "; ".join(decision["reasons"]) if decision["triggered"]
+                  else "no drift", highlight=False, soft_wrap=True)
+    if decision["triggered"]:
+        raise typer.Exit(code=3)
