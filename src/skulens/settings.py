@@ -366,7 +366,8 @@ class CanarySettings(_Model):
     hold_s: float = Field(600.0, gt=0)         # time at each step before the next
     min_requests: int = Field(200, ge=1)       # canary requests a step needs before its gates decide
     max_error_rate: float = Field(0.01, ge=0, le=1)      # searches with a failed stage or a 5xx
-    max_p95_ratio: float = Field(1.5, gt=0)              # canary p95 / control p95
+    max_p95_ratio: float = Field(1.5, gt=0)              # canary p95 / control p95 ...
+    p95_slack_ms: float = Field(20.0, ge=0)              # ... once the gap is also over this (histogram buckets)
     max_p95_ms: float = Field(250.0, gt=0)               # and never above this
     max_fallback_increase: float = Field(0.05, ge=0, le=1)  # canary - control share with a fallback
     max_zero_result_increase: float = Field(0.02, ge=0, le=1)
@@ -449,10 +450,10 @@ class DriftSettings(_Model):
     # A drift decision triggers train_and_export once; the next reference starts at that decision,
     # so the shifted traffic becomes the new normal instead of triggering every hour.
     checks: dict[str, DriftCheckSettings] = Field(default_factory=lambda: {
-        "query_text": DriftCheckSettings(method="wasserstein", threshold=0.1),
+        "query_text": DriftCheckSettings(method="wasserstein", threshold=0.2),
         "query_embeddings": DriftCheckSettings(method="wasserstein", threshold=0.1),
         "catalog": DriftCheckSettings(method="jensenshannon", threshold=0.1),
-        "outcomes": DriftCheckSettings(method="wasserstein", threshold=0.1)})
+        "outcomes": DriftCheckSettings(method="wasserstein", threshold=0.2)})
 
 
 class MonitoringSettings(_Model):

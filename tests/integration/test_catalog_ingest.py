@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import time
 
 import duckdb
 import numpy as np
@@ -565,6 +566,95 @@ def test_late_stages_never_empty_the_page_with_two_searches_in_flight(settings_a
     skipped = [b for b in bodies if any(s["name"] == "encode" and s["status"] == "skipped" for s in b["stages"])]
     assert sum("lexical_only" in b["fallbacks"] for b in bodies) + len(skipped) >= len(queries) // 2
     assert all("retrieval_failed" not in b["fallbacks"] for b in bodies)
+
+
+def test_deploy_canary_with_two_workers_under_load_rolls_back_a_broken_index_and_promotes_a_good_one(settings_at):
+    """`skulens serve --workers 2` under a steady load of shoppers (searches and clicks) while
+    deploy_canary releases, through the shared routing, first a challenger index that no worker can
+    load (rolled back by itself: the canary served nothing, CURRENT untouched), then a good one
+    (promoted through 5% -> 25% -> 50% -> 100%, CURRENT moved, every worker serving it). No request
+    fails during the swaps; the rollout's experiment is reported with intervals and the SRM check."""
+    import shutil
+    import subprocess
+    import sys
+    import threading
+
+    import httpx
+
+    from skulens.control.routing import VariantSpec
+    from skulens.pipelines.canary import deploy_canary
+    from skulens.storage.layout import index_store
+
+    store = index_store(settings_at, "fashion")
+    current = store.current_id()
+    good, broken = f"{current}-good", f"{current}-broken"
+    for name in (good, broken):
+        shutil.rmtree(store.versions / name, ignore_errors=True)
+        shutil.copytree(store.versions / current, store.versions / name)
+    (store.versions / broken / "products.parquet").unlink()  # no worker can load this version
+    rules = settings_at.serving.canary.model_copy(update={"hold_s": 6.0, "min_requests": 10, "min_clicks": 5,
+                                                           "max_p95_ms": 30000.0, "max_p95_ratio": 20.0})
+    fast = settings_at.model_copy(update={"serving": settings_at.serving.model_copy(update={"canary": rules})})
+    env = {"SKULENS__SERVING__WORKERS": "2", "SKULENS__SERVING__TOTAL_BUDGET_MS": "30000",
+           "SKULENS__SERVING__STAGE_TIMEOUT_MS": "{}", "SKULENS__SERVING__ADMISSION__MAX_WAITING": "64",
+           "SKULENS__SERVING__ADMISSION__MAX_WAIT_MS": "30000", "SKULENS__SERVING__WATCH_INDEX_S": "1"}
+    statuses: list[int] = []
+    seen_index: set[str] = set()
+    stop = threading.Event()
+
+    def shoppers(base: str, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(base_url=base, timeout=120) as own:
+            while not stop.is_set():
+                user = f"shopper{int(rng.integers(0, 400))}"
+                answer = own.post("/search", json={"text": str(rng.choice(["blue shirt", "red dress", "black shoes"])),
+                                                   "k": 5, "user_id": user})
+                statuses.append(answer.status_code)
+                body = answer.json() if answer.status_code == 200 else {}
+                seen_index.add(body.get("versions", {}).get("index", ""))
+                if body.get("items") and rng.random() < 0.4:
+                    click = {"event_id": f"c-{body['search_id']}", "type": "click", "search_id": body["search_id"],
+                             "product_id": body["items"][0]["product_id"], "position": 1, "user_id": user}
+                    statuses.append(own.post("/events", json=click).status_code)
+
+    with _serve(settings_at, env) as (base, _):
+        load = [threading.Thread(target=shoppers, args=(base, seed)) for seed in range(4)]
+        for thread in load:
+            thread.start()
+        try:
+            bad = deploy_canary(fast, VariantSpec(broken), poll_s=0.5, progress=print)
+            assert bad["outcome"] == "rolled_back" and "canary requests" in bad["reason"], bad["reason"]
+            assert bad["canary_requests"] == 0 and store.current_id() == current
+            promoted = deploy_canary(fast, VariantSpec(good), poll_s=0.5, progress=print)
+            assert promoted["outcome"] == "promoted", promoted["reason"]
+            assert [step["share"] for step in promoted["steps"]] == [0.05, 0.25, 0.5, 1.0]
+            assert all(step["canary"]["requests"] >= 10 for step in promoted["steps"])
+            assert store.current_id() == good
+            deadline = time.time() + 120  # both workers rebuild control on the published version
+            while time.time() < deadline:
+                seen_index.clear()
+                time.sleep(3)
+                if seen_index == {good}:
+                    break
+        finally:
+            stop.set()
+            for thread in load:
+                thread.join(120)
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))  # nothing failed during the swaps
+    assert seen_index == {good}, seen_index
+    records = json.loads((settings_at.reports_dir / "canary" / f"{promoted['id']}.json").read_text())
+    assert records["outcome"] == "promoted"
+
+    # The exposures reached the events table; the rollout's experiment is reported per arm.
+    cli = [sys.executable, "-m", "skulens"]
+    run_env = {**os.environ, "SKULENS_HOME": str(settings_at.home), "SKULENS_PROGRESS": "0"}
+    subprocess.run([*cli, "stream", "run", "--once"], env=run_env, check=True, capture_output=True, timeout=600)
+    report = subprocess.run([*cli, "experiments", "report", f"canary-{promoted['id']}", "--json"], env=run_env,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+    analysed = json.loads(report.stdout)
+    assert {"control", "canary"} <= set(analysed["arms"]) and analysed["srm"]["p_value"] is not None
+    assert {"lift", "ci_low", "ci_high", "p_value"} <= set(analysed["arms"]["canary"]["lift"]["ctr"])
 
 
 def _reranker_runs(versions) -> bool:

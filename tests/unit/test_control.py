@@ -106,5 +106,7 @@ def test_canary_gates_catch_errors_slowness_and_a_real_ctr_drop_but_not_noise(se
     assert check_gates(Summary(300, 1, 6, 9, 85, 75.0), control, rules) == []  # CTR 0.28 vs 0.30: noise
     assert any("error rate" in f for f in check_gates(Summary(300, 30, 30, 9, 90, 60.0), control, rules))
     assert any("p95" in f for f in check_gates(Summary(300, 0, 6, 9, 90, 400.0), control, rules))
+    assert any("p95" in f for f in check_gates(Summary(300, 0, 6, 9, 90, 125.0), control, rules))  # 2 x control
+    assert check_gates(Summary(300, 0, 6, 9, 90, 10.0), Summary(2000, 2, 40, 60, 600, 5.0), rules) == []  # 5 ms
     shuffled = check_gates(Summary(300, 0, 6, 9, 30, 60.0), control, rules)  # CTR 0.10 vs 0.30
     assert any(f.startswith("CTR") for f in shuffled)

@@ -60,4 +60,7 @@ def report(
     shares = declared[name].shares if name in declared else \
         {arm: 1 / per_user["arm"].nunique() for arm in per_user["arm"].unique()}
     result = analyse(per_user, shares, latencies, mde=mde)
-    console.print(dumps(result) if as_json else format_report(name, result), soft_wrap=True, highlight=False)
+    if as_json:
+        print(dumps(result))  # plain JSON on stdout, for scripts (no console markup or wrapping)
+    else:
+        console.print(format_report(name, result), soft_wrap=True, highlight=False, markup=False)

@@ -67,7 +67,8 @@ def check_gates(canary: Summary, control: Summary, rules: Any) -> list[str]:
     if canary.p95_ms is not None:
         if canary.p95_ms > rules.max_p95_ms:
             failed.append(f"p95 {canary.p95_ms:.0f} ms > {rules.max_p95_ms:.0f} ms")
-        elif control.p95_ms and canary.p95_ms > control.p95_ms * rules.max_p95_ratio:
+        elif control.p95_ms and canary.p95_ms > control.p95_ms * rules.max_p95_ratio \
+                and canary.p95_ms - control.p95_ms > rules.p95_slack_ms:
             failed.append(f"p95 {canary.p95_ms:.0f} ms > {rules.max_p95_ratio} x control {control.p95_ms:.0f} ms")
     if canary.fallback_rate > control.fallback_rate + rules.max_fallback_increase:
         failed.append(f"fallback rate {canary.fallback_rate:.3f} vs control {control.fallback_rate:.3f}")

@@ -283,7 +283,8 @@ class ServingState:
             raise ReloadError(f"reload of {variant!r} failed ({type(exc).__name__}: {exc}); "
                               f"still serving {serving or 'nothing under that name'}") from exc
         self._install(variant, served, spec)
-        self.update_routing(lambda routing: routing.variants.__setitem__(variant, spec))
+        if self.routing.variants.get(variant) != spec:  # the same versions anew (a newly published index): no write
+            self.update_routing(lambda routing: routing.variants.__setitem__(variant, spec))
         self.metrics.reloads.labels(target=variant, outcome="ok").inc()
         return served.pipeline.versions
 
