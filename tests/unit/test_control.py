@@ -110,3 +110,53 @@ def test_canary_gates_catch_errors_slowness_and_a_real_ctr_drop_but_not_noise(se
     assert check_gates(Summary(300, 0, 6, 9, 90, 10.0), Summary(2000, 2, 40, 60, 600, 5.0), rules) == []  # 5 ms
     shuffled = check_gates(Summary(300, 0, 6, 9, 30, 60.0), control, rules)  # CTR 0.10 vs 0.30
     assert any(f.startswith("CTR") for f in shuffled)
+
+
+def test_team_draft_interleaves_without_duplicates_and_credits_each_arm():
+    import random
+
+    from skulens.control.routing import team_draft, team_mask, team_of
+
+    control = [{"product_id": p} for p in "abcdefgh"]
+    challenger = [{"product_id": p} for p in "bxaycz"]
+    rng = random.Random(1)
+    page = team_draft({"control": control, "new": challenger}, 8, rng.random)
+    ids = [item["product_id"] for item in page]
+    assert len(ids) == len(set(ids)) == 8
+    counts = {team: sum(item["team"] == team for item in page) for team in ("control", "new")}
+    assert abs(counts["control"] - counts["new"]) <= 1
+    for team, source in (("control", control), ("new", challenger)):  # each arm's picks keep its order
+        mine = [item["product_id"] for item in page if item["team"] == team]
+        assert mine == [p["product_id"] for p in source if p["product_id"] in mine]
+    search_id = f"abc.il.{team_mask(page, 'new')}"
+    assert [team_of(search_id, i + 1) for i in range(8)] == [
+        "challenger" if item["team"] == "new" else "control" for item in page]
+    assert team_of("abc.control", 1) is None
+
+
+def test_interleaving_finds_the_better_ranker_from_a_few_hundred_searches():
+    """Simulated shoppers click the first relevant result (position-biased); the challenger ranks
+    the relevant product higher. Interleaving detects it where an A/B test would need far more."""
+    import random
+
+    import pandas as pd
+
+    from skulens.control.routing import team_draft, team_mask
+    from skulens.evaluation.experiments import interleaving
+
+    rng = random.Random(3)
+    rows = []
+    for n in range(400):
+        relevant = f"r{n}"
+        others = [f"o{n}-{i}" for i in range(10)]
+        control = [{"product_id": p} for p in others[:4] + [relevant] + others[4:]]  # relevant at 5
+        better = [{"product_id": p} for p in others[:1] + [relevant] + others[1:]]  # relevant at 2
+        page = team_draft({"control": control, "b": better}, 10, rng.random)
+        sid = f"s{n}.il.{team_mask(page, 'b')}"
+        for position, item in enumerate(page, start=1):
+            if item["product_id"] == relevant and rng.random() < 0.9 / position ** 0.5:
+                rows.append({"search_id": sid, "position": position})
+            elif rng.random() < 0.03:
+                rows.append({"search_id": sid, "position": position})  # noise clicks
+    result = interleaving(pd.DataFrame(rows))
+    assert result["preference"] > 0.6 and result["ci_low"] > 0.5 and result["p_value"] < 0.001

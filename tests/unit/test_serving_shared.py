@@ -148,3 +148,19 @@ def test_a_good_challenger_is_promoted_through_every_step(workers, fast_canary):
     workers[0].sync()
     assert workers[0].routing.variants["control"] == VariantSpec()  # control follows the published again
     time.sleep(0)
+
+
+def test_an_interleaved_experiment_serves_one_page_from_both_arms(workers):
+    from skulens.serving.feedback import ServiceEvents
+
+    one, two = workers
+    one.start_experiment({"name": "mix", "method": "interleave",
+                          "arms": {"control": {"share": 0.0}, "b": {"share": 1.0, "reranker_version": 5}}})
+    two.sync()
+    body = two.search(SearchRequest.parse({"text": "red shirt", "k": 6, "user_id": "u9"}, two.config))
+    assert body["variant"] == "interleaved" and body["versions"]["interleaved_with"] == "b"
+    assert {item["team"] for item in body["items"]} <= {"control", "b"} and len(body["items"]) == 6
+    events = ServiceEvents(None, two.metrics)
+    search_id = events.record_search("/search", body, query_raw="red shirt", user_id="u9", session_id=None,
+                                     latency_ms=1.0)
+    assert ".il." in search_id and "_id_suffix" not in body  # the teams ride in the id, not the response

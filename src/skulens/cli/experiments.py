@@ -43,7 +43,15 @@ def report(
     still needed. Read from the stream job's events table (run `skulens stream run --once` first)."""
     from skulens.control.routing import ROUTING, Experiment, Routing
     from skulens.control.store import open_control
-    from skulens.evaluation.experiments import analyse, dumps, format_report, per_user_from_events, read_exposures
+    from skulens.evaluation.experiments import (
+        analyse,
+        dumps,
+        format_report,
+        interleaving,
+        per_user_from_events,
+        read_exposures,
+        read_interleaved_clicks,
+    )
     from skulens.storage.layout import stream_paths
 
     settings = settings_from()
@@ -60,6 +68,8 @@ def report(
     shares = declared[name].shares if name in declared else \
         {arm: 1 / per_user["arm"].nunique() for arm in per_user["arm"].unique()}
     result = analyse(per_user, shares, latencies, mde=mde)
+    if name in declared and declared[name].method == "interleave":
+        result["interleaving"] = interleaving(read_interleaved_clicks(stream_paths(settings).events, name))
     if as_json:
         print(dumps(result))  # plain JSON on stdout, for scripts (no console markup or wrapping)
     else:

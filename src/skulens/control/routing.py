@@ -76,6 +76,10 @@ class Experiment:
     salt: str
     start: datetime | None = None
     stop: datetime | None = None
+    # "ab": each shopper sees one arm's page; "interleave": a shopper in the challenger's share sees
+    # one page interleaved from both arms by team draft (each result credited to the arm that
+    # placed it), the faster way to learn which arm shoppers prefer.
+    method: str = "ab"
 
     def running(self, now: datetime) -> bool:
         return (self.start is None or self.start <= now) and (self.stop is None or now < self.stop)
@@ -85,7 +89,7 @@ class Experiment:
         """An experiment from its JSON (admin API, configuration, the store)."""
         if not isinstance(raw, dict):
             raise RoutingError("an experiment must be an object with name and arms")
-        unknown = sorted(set(raw) - {"name", "arms", "salt", "start", "stop"})
+        unknown = sorted(set(raw) - {"name", "arms", "salt", "start", "stop", "method"})
         if unknown:
             raise RoutingError(f"experiment: unknown field(s) {', '.join(unknown)}")
         name = raw.get("name")
@@ -113,13 +117,18 @@ class Experiment:
         start, stop = (_time(raw.get(k), f"experiment.{k}") for k in ("start", "stop"))
         if start and stop and stop <= start:
             raise RoutingError("experiment.stop must be after experiment.start")
-        return cls(name, arms, shares, salt, start, stop)
+        method = raw.get("method") or "ab"
+        if method not in ("ab", "interleave"):
+            raise RoutingError("experiment.method must be 'ab' or 'interleave'")
+        if method == "interleave" and len(arms) != 2:
+            raise RoutingError("an interleaved experiment has exactly two arms: control and one challenger")
+        return cls(name, arms, shares, salt, start, stop, method)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "salt": self.salt,
                 "arms": {arm: {**spec.to_dict(), "share": self.shares[arm]} for arm, spec in self.arms.items()},
                 "start": self.start.isoformat() if self.start else None,
-                "stop": self.stop.isoformat() if self.stop else None}
+                "stop": self.stop.isoformat() if self.stop else None, "method": self.method}
 
 
 def _time(value: Any, where: str) -> datetime | None:
@@ -142,6 +151,7 @@ class Plan:
     shares: dict[str, float]
     salt: str
     experiment: str | None = None
+    method: str = "ab"
 
 
 @dataclass
@@ -181,7 +191,7 @@ class Routing:
         specs = {arm: spec if spec != VariantSpec() else control for arm, spec in experiment.arms.items()}
         if experiment.arms["control"] == VariantSpec():
             specs["control"] = control
-        return Plan(specs, dict(experiment.shares), experiment.salt, experiment.name)
+        return Plan(specs, dict(experiment.shares), experiment.salt, experiment.name, experiment.method)
 
     def check_traffic(self, split: Any) -> dict[str, float]:
         """``split`` as shares over declared variants adding up to 1; else a :class:`RoutingError`."""
@@ -220,3 +230,47 @@ def assign(key: str | None, shares: dict[str, float], salt: str) -> str:
         if point < total:
             return name
     return sorted(live)[-1]
+
+
+def team_draft(pages: dict[str, list[dict[str, Any]]], k: int, coin: Any) -> list[dict[str, Any]]:
+    """Team-draft interleaving of two arms' ranked ``pages`` (items with ``product_id``) into at
+    most ``k`` results: the team with fewer picks (``coin()`` on a tie) adds its best result not yet
+    shown; each item gets ``team``, the arm that placed it (Radlinski, Kurup and Joachims, 2008)."""
+    (a, _), (b, _) = sorted(pages.items())
+    picked: list[dict[str, Any]] = []
+    shown: set[str] = set()
+    counts = {a: 0, b: 0}
+
+    def best_unshown(team: str) -> dict[str, Any] | None:
+        return next((item for item in pages[team] if item["product_id"] not in shown), None)
+
+    while len(picked) < k:
+        team = a if counts[a] < counts[b] or (counts[a] == counts[b] and coin()) else b
+        item = best_unshown(team)
+        if item is None:  # this arm has nothing left: the other fills the page
+            team = b if team == a else a
+            item = best_unshown(team)
+            if item is None:
+                break
+        picked.append({**item, "team": team})
+        shown.add(item["product_id"])
+        counts[team] += 1
+    return picked
+
+
+def team_mask(items: list[dict[str, Any]], challenger: str) -> str:
+    """The positions the challenger placed, as a hex bit mask (bit i: position i + 1); carried in the
+    search id so that a click says which arm earned it, whichever worker receives it."""
+    return format(sum(1 << i for i, item in enumerate(items) if item.get("team") == challenger), "x")
+
+
+def team_of(search_id: str, position: int) -> str | None:
+    """``challenger``/``control`` for a click at ``position`` of an interleaved search id, else None."""
+    parts = search_id.split(".")
+    if len(parts) < 3 or parts[-2] != "il" or not 1 <= position <= 64:
+        return None
+    try:
+        mask = int(parts[-1], 16)
+    except ValueError:
+        return None
+    return "challenger" if mask >> (position - 1) & 1 else "control"

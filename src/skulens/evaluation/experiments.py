@@ -171,6 +171,46 @@ def simulate_exposures(users: int, shares: dict[str, float], ctr: dict[str, floa
                          "zero_results": rng.binomial(searches, 0.04)})
 
 
+def interleaving(clicks: pd.DataFrame) -> dict[str, Any]:
+    """Team-draft interleaving from the click rows (``search_id``, ``position``) of interleaved
+    searches: per search, the arm whose results got more clicks wins; the challenger's preference
+    is its share of the searches either arm won, with a Wilson 95% interval and an exact binomial
+    test against 0.5 (no preference)."""
+    from skulens.control.routing import team_of
+
+    teams = clicks.assign(team=[team_of(str(sid), int(pos or 0)) for sid, pos in
+                                zip(clicks["search_id"], clicks["position"], strict=True)]).dropna(subset=["team"])
+    per_search = teams.groupby(["search_id", "team"]).size().unstack(fill_value=0)
+    for team in ("control", "challenger"):
+        if team not in per_search:
+            per_search[team] = 0
+    wins = int((per_search["challenger"] > per_search["control"]).sum())
+    losses = int((per_search["challenger"] < per_search["control"]).sum())
+    ties = int((per_search["challenger"] == per_search["control"]).sum())
+    decided = wins + losses
+    if not decided:
+        return {"searches_with_clicks": len(per_search), "wins": 0, "losses": 0, "ties": ties, "preference": None}
+    share = wins / decided
+    centre = (share + Z95**2 / (2 * decided)) / (1 + Z95**2 / decided)
+    half = Z95 * math.sqrt(share * (1 - share) / decided + Z95**2 / (4 * decided**2)) / (1 + Z95**2 / decided)
+    return {"searches_with_clicks": len(per_search), "wins": wins, "losses": losses, "ties": ties,
+            "preference": round(share, 4), "ci_low": round(centre - half, 4), "ci_high": round(centre + half, 4),
+            "p_value": float(stats.binomtest(wins, decided, 0.5).pvalue)}
+
+
+def read_interleaved_clicks(events_dir: Path, experiment: str) -> pd.DataFrame:
+    """Click rows of ``experiment``'s interleaved searches (their search id carries the teams)."""
+    import duckdb
+
+    if not any(Path(events_dir).rglob("*.parquet")):
+        return pd.DataFrame(columns=["search_id", "position"])
+    query = ("select search_id, position from read_parquet(?, hive_partitioning = true, union_by_name = true) "
+             "where event_type = 'click' and search_id like '%.il.%' "
+             "and json_extract_string(versions, '$.experiment') = ?")
+    with duckdb.connect() as db:
+        return db.execute(query, [str(Path(events_dir) / "**" / "*.parquet"), experiment]).df()
+
+
 def format_report(name: str, report: dict[str, Any]) -> str:
     """The report as the CLI prints it."""
     lines = [f"experiment {name}"]
@@ -187,6 +227,11 @@ def format_report(name: str, report: dict[str, Any]) -> str:
                                                              else "ok"))
     lines.append(f"  shoppers needed per arm for a {report['mde']:.0%} CTR change: {report['users_needed_per_arm']} "
                  f"(still needed: {report['users_still_needed_per_arm']})")
+    mixed = report.get("interleaving")
+    if mixed and mixed.get("preference") is not None:
+        lines.append(f"  interleaving: challenger won {mixed['wins']}, lost {mixed['losses']}, tied {mixed['ties']}; "
+                     f"preference {mixed['preference']:.3f} (95% CI {mixed['ci_low']:.3f} .. {mixed['ci_high']:.3f}, "
+                     f"p {mixed['p_value']:.3g})")
     return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ class ServiceEvents:
                  max_age: timedelta = timedelta(days=7)) -> None:
         self.log, self.metrics, self.seen_size, self.max_age = log, metrics, seen_size, max_age
         self.catalog = catalog
-        self.on_click: Any = None  # on_click(variant) for an accepted click (the canary's online CTR)
+        self.on_click: Any = None  # on_click(search_id, position) for an accepted click (online CTR)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -58,7 +58,8 @@ class ServiceEvents:
         """Give ``body`` its ``search_id`` and queue its search record (never blocks). The id ends in
         ``.<variant>`` so that a click on it counts for its variant in whichever worker receives it."""
         variant = body.get("variant")
-        search_id = uuid.uuid4().hex + (f".{variant}" if isinstance(variant, str) and variant else "")
+        suffix = body.pop("_id_suffix", None)  # an interleaved page: which positions each arm placed
+        search_id = uuid.uuid4().hex + (suffix or (f".{variant}" if isinstance(variant, str) and variant else ""))
         body["search_id"] = search_id
         if self.log is not None:
             self.log.offer(search_record(search_id, endpoint, body, query_raw=query_raw, user_id=user_id,
@@ -91,7 +92,7 @@ class ServiceEvents:
                     self.log.offer(event.record())
                 self.metrics.client_events.labels(type=event.kind, outcome="accepted").inc()
                 if event.kind == "click" and self.on_click is not None and "." in (event.search_id or ""):
-                    self.on_click(event.search_id.rsplit(".", 1)[1])
+                    self.on_click(event.search_id, event.position)
             else:
                 duplicates.append(event.event_id)
                 self.metrics.client_events.labels(type=event.kind, outcome="duplicate").inc()

@@ -41,7 +41,7 @@ class ServingState:
         self.variants: dict[str, Served] = {}
         self.specs: dict[str, VariantSpec] = {}  # the versions each loaded variant was asked for
         self.traffic: dict[str, float] = {"control": 1.0}  # the split in force (loaded variants only)
-        self.salt, self.experiment = "traffic", None
+        self.salt, self.experiment, self.method = "traffic", None, "ab"
         self.routing = Routing()
         self.control: Any = None  # the shared control store (connect()); None: this process alone
         self.stats = VariantStats()
@@ -160,7 +160,7 @@ class ServingState:
         loaded = {n: share for n, share in plan.shares.items() if n in self.variants}
         loaded["control"] = loaded.get("control", 0.0) + sum(s for n, s in plan.shares.items() if n not in loaded)
         with self._lock:
-            self.traffic, self.salt, self.experiment = loaded, plan.salt, plan.experiment
+            self.traffic, self.salt, self.experiment, self.method = loaded, plan.salt, plan.experiment, plan.method
         control = plan.specs.get("control")
         self.pinned_index = control.index_version if control else None
 
@@ -349,7 +349,13 @@ class ServingState:
                         "spent_today_usd": round(cascade.daily.spent_today(), 6), "cache_entries": len(cascade.cache)}
                 if cascade else None}
 
-    def _click(self, variant: str) -> None:
+    def _click(self, search_id: str, position: int | None = None) -> None:
+        """Count a click for the variant its search id ends in (``<id>.<variant>``; an interleaved
+        page's ``<id>.il.<mask>`` counts for ``interleaved``)."""
+        if ".il." in search_id:
+            self.stats.click("interleaved")
+            return
+        variant = search_id.rsplit(".", 1)[-1]
         if variant in self.variants:  # a search id naming no loaded variant counts for none
             self.stats.click(variant)
 
@@ -380,9 +386,18 @@ class ServingState:
             served = self.variants.get(name) or self.variants["control"]
             name = name if name in self.variants else "control"
             experiment = self.experiment
-            entered = hasattr(served.pipeline, "enter")
-            if entered:
-                served.pipeline.enter()
+            if self.method == "interleave" and name != "control":
+                pair = {"control": self.variants["control"], name: served}
+                for one in pair.values():
+                    if hasattr(one.pipeline, "enter"):
+                        one.pipeline.enter()
+            else:
+                pair = None
+                entered = hasattr(served.pipeline, "enter")
+                if entered:
+                    served.pipeline.enter()
+        if pair is not None:
+            return self._interleaved(request, name, pair, experiment)
         started = time.perf_counter()
         try:
             result = served.pipeline.search(request, entered=True) if entered else served.pipeline.search(request)
@@ -398,6 +413,36 @@ class ServingState:
             body["versions"] = {**body["versions"], "experiment": experiment}  # the exposure, logged with the search
         for item in body["items"]:
             item["category"] = served.categories.get(item["product_id"])
+        return body
+
+    def _interleaved(self, request: SearchRequest, challenger: str, pair: dict[str, Served],
+                     experiment: str | None) -> dict[str, Any]:
+        """One page from both arms by team draft (each result tagged with the arm that placed it);
+        both pipelines run, so an interleaved search costs about two."""
+        import random
+
+        from skulens.control.routing import team_draft, team_mask
+
+        started = time.perf_counter()
+        results = {}
+        for arm, served in pair.items():
+            entered = hasattr(served.pipeline, "enter")
+            results[arm] = served.pipeline.search(request, entered=True) if entered else served.pipeline.search(request)
+            self.metrics.observe_search(results[arm])
+        control = results["control"]
+        body = self.with_photos(control.to_dict(), pair["control"])
+        pages = {arm: self.with_photos(result.to_dict(), pair[arm])["items"] for arm, result in results.items()}
+        body["items"] = team_draft(pages, max(len(page) for page in pages.values()), random.random)
+        for item in body["items"]:
+            item["category"] = pair[item["team"]].categories.get(item["product_id"])
+        fallbacks = sorted({f for result in results.values() for f in result.fallbacks})
+        mask = team_mask(body["items"], challenger)
+        body.update(variant="interleaved", fallbacks=fallbacks, _id_suffix=f".il.{mask}",
+                    versions={**control.versions, "experiment": experiment, "interleaved_with": challenger,
+                              **{f"{challenger}.{k}": v for k, v in results[challenger].versions.items()}})
+        self.stats.search("interleaved", (time.perf_counter() - started) * 1000,
+                          error=any(stage_failed(r.stages) for r in results.values()), fallback=bool(fallbacks),
+                          zero=not body["items"])
         return body
 
     def with_photos(self, body: dict[str, Any], served: Served | None = None) -> dict[str, Any]:
