@@ -47,9 +47,12 @@ def read_events(settings: Any, since: datetime) -> pd.DataFrame:
     if not any(folder.rglob("*.parquet")):
         return pd.DataFrame(columns=columns)
     with duckdb.connect() as db:
-        return db.execute(f"select {', '.join(columns)} from read_parquet(?, hive_partitioning = true, "
-                          "union_by_name = true) where ts >= ? and event_type in ('search', 'click')",
-                          [str(folder / "**" / "*.parquet"), since]).df()
+        # Cast: the stream job writes microsecond timestamps, other writers nanoseconds.
+        frame = db.execute(f"select {', '.join(columns)} from read_parquet(?, hive_partitioning = true, "
+                           "union_by_name = true) where cast(ts as timestamptz) >= ? "
+                           "and event_type in ('search', 'click')", [str(folder / "**" / "*.parquet"), since]).df()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
 
 
 def monitor_drift(settings: Any, run_id: str, *, now: datetime | None = None, events: pd.DataFrame | None = None,
