@@ -364,6 +364,7 @@ class CanarySettings(_Model):
 
     steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0])
     hold_s: float = Field(600.0, gt=0)         # time at each step before the next
+    load_timeout_s: float = Field(300.0, gt=0)  # every worker must serve the canary within this
     min_requests: int = Field(200, ge=1)       # canary requests a step needs before its gates decide
     max_error_rate: float = Field(0.01, ge=0, le=1)      # searches with a failed stage or a 5xx
     max_p95_ratio: float = Field(1.5, gt=0)              # canary p95 / control p95 ...

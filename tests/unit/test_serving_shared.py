@@ -37,6 +37,8 @@ def workers(parts, settings):  # noqa: F811
     def loader(settings, catalog, config, *, index_version=None, reranker_version=None, cascade=None,
                on_batch=None, ranker_version=None):
         loads.append((config.variant, index_version, reranker_version))
+        if index_version == "unloadable":
+            raise FileNotFoundError("no products.parquet in index version 'unloadable'")
         chosen = {**parts, "reranker": _broken if reranker_version == BROKEN_RERANKER else parts["reranker"]}
         pipeline = SearchPipeline(**chosen, config=config, versions={"index": index_version or "published",
                                                                       "reranker": str(reranker_version)})
@@ -164,3 +166,12 @@ def test_an_interleaved_experiment_serves_one_page_from_both_arms(workers):
     search_id = events.record_search("/search", body, query_raw="red shirt", user_id="u9", session_id=None,
                                      latency_ms=1.0)
     assert ".il." in search_id and "_id_suffix" not in body  # the teams ride in the id, not the response
+
+
+def test_a_challenger_no_worker_can_load_is_rolled_back_before_it_takes_traffic(workers, fast_canary):
+    settings, store = fast_canary
+    (store.versions / "unloadable").mkdir()
+    record, counts = _rollout(workers, settings, VariantSpec("unloadable"))
+    assert record["outcome"] == "rolled_back" and "failed to load in" in record["reason"]
+    assert "products.parquet" in record["reason"] and record["steps"] == [] and counts.get("canary", 0) == 0
+    assert store.current_id() == "v2"  # untouched: the challenger was never published

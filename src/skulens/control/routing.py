@@ -28,6 +28,7 @@ from typing import Any
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 VERSION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 ROUTING = "routing"  # the document's name in the control store
+WORKERS = "workers"  # each live worker's loaded variants and failed builds (ServingState.report_worker)
 
 
 class RoutingError(ValueError):

@@ -116,6 +116,11 @@ def deploy_canary(settings: Any, challenger: VariantSpec, *, rollout_id: str | N
             routing.experiments = [e for e in routing.experiments if e.name != name] + [experiment]
             routing.stats_window = window
         _route(store, step)
+        if number == 0:
+            not_loaded = _await_loaded(store, challenger, rules.load_timeout_s, poll_s)
+            if not_loaded:
+                return _finish(settings, store, rollout, name, "rolled_back", not_loaded, progress)
+            progress("the canary is loaded in every worker")
         progress(f"step {number + 1}/{len(rules.steps)}: canary at {share:.0%} (hold {rules.hold_s:g} s)")
         failed, record = _hold(store, window, share, rules, rollout, poll_s, last_control)
         rollout.steps.append(record)
@@ -125,6 +130,27 @@ def deploy_canary(settings: Any, challenger: VariantSpec, *, rollout_id: str | N
         if record["control"]["requests"]:
             last_control = read_window(store, window, ["control"])["control"]
     return _finish(settings, store, rollout, name, "promoted", None, progress)
+
+
+def _await_loaded(store: ControlStore, challenger: VariantSpec, timeout_s: float, poll_s: float) -> str | None:
+    """Wait until every live worker serves the canary with the challenger's versions; a reason to
+    roll back when one reports that it cannot load it, or when the time is up (None: all loaded)."""
+    from skulens.control.routing import WORKERS
+
+    wanted = challenger.to_dict()
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        doc, _ = store.read(WORKERS)
+        live = {key: w for key, w in (doc or {}).items() if time.time() - w.get("at", 0) < 10}
+        failed = {key: w["failed"]["canary"] for key, w in live.items()
+                  if {k: v for k, v in w.get("failed", {}).get("canary", {}).items() if k != "error"} == wanted}
+        if failed:
+            key, why = next(iter(failed.items()))
+            return f"the canary failed to load in {len(failed)} of {len(live)} worker(s) ({key}: {why.get('error')})"
+        if live and all(w.get("variants", {}).get("canary") == wanted for w in live.values()):
+            return None
+        time.sleep(poll_s)
+    return f"the canary was not loaded by every worker within {timeout_s:g} s"
 
 
 def _hold(store: ControlStore, window: str, share: float, rules: Any, rollout: Rollout, poll_s: float,

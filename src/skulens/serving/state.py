@@ -46,6 +46,7 @@ class ServingState:
         self.control: Any = None  # the shared control store (connect()); None: this process alone
         self.stats = VariantStats()
         self._failed: dict[str, VariantSpec] = {}  # a variant whose build failed, until its spec changes
+        self._errors: dict[str, str] = {}  # ... and why
         self.config = ServingConfig.from_settings(settings.serving)
         self.started = time.time()
         self._lock = threading.Lock()
@@ -129,6 +130,27 @@ class ServingState:
                 self.routing = Routing.from_doc(doc, revision)
             self.stats.flush(self.control, self.routing.stats_window)
         self._apply(self.routing.plan())
+        if self.control is not None:
+            self.report_worker()
+
+    def report_worker(self) -> None:
+        """This worker's loaded variants and failed builds in the store's ``workers`` document, so
+        that a rollout can wait until every worker serves its canary (or learn that one cannot)."""
+        from skulens.control.routing import WORKERS
+
+        now = time.time()
+        mine = {"at": now, "variants": {n: s.to_dict() for n, s in self.specs.items() if n in self.variants},
+                "failed": {n: {**s.to_dict(), "error": self._errors.get(n)} for n, s in self._failed.items()}}
+        key = f"{os.uname().nodename}:{os.getpid()}"
+        for _ in range(3):
+            doc, revision = self.control.read(WORKERS)
+            workers = {k: v for k, v in (doc or {}).items() if now - v.get("at", 0) < 30}
+            workers[key] = mine
+            try:
+                self.control.write(WORKERS, workers, expect=revision)
+                return
+            except Conflict:
+                continue
 
     def follow_routing(self, every_s: float) -> None:
         """:meth:`sync` from a background thread every ``every_s`` seconds."""
@@ -152,8 +174,9 @@ class ServingState:
                 continue
             try:
                 self._install(name, self._build(name, spec), spec)
-            except Exception:  # noqa: BLE001 - counted; the variant's share goes to control meanwhile
+            except Exception as exc:  # noqa: BLE001 - counted; the variant's share goes to control meanwhile
                 self._failed[name] = spec
+                self._errors[name] = f"{type(exc).__name__}: {exc}"[:300]
                 self.metrics.reloads.labels(target=name, outcome="failed").inc()
         for name in [n for n in self.variants if n not in plan.specs]:
             self._uninstall(name)
