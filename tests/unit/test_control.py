@@ -160,3 +160,12 @@ def test_interleaving_finds_the_better_ranker_from_a_few_hundred_searches():
                 rows.append({"search_id": sid, "position": position})  # noise clicks
     result = interleaving(pd.DataFrame(rows))
     assert result["preference"] > 0.6 and result["ci_low"] > 0.5 and result["p_value"] < 0.001
+
+
+def test_a_canary_rollout_takes_precedence_over_a_running_ab_experiment():
+    ab = Experiment.parse({"name": "ab1", "arms": {"control": {"share": 0.5}, "b": {"share": 0.5}}})
+    rollout = Experiment.parse({"name": "canary-r1", "arms": {"control": {"share": 0.95},
+                                                              "canary": {"share": 0.05, "index_version": "v2"}}})
+    routing = Routing(experiments=[ab, rollout])
+    assert routing.running().name == "canary-r1"
+    assert Routing(experiments=[ab]).running().name == "ab1"  # back once the rollout ends

@@ -28,6 +28,7 @@ from typing import Any
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 VERSION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 ROUTING = "routing"  # the document's name in the control store
+CANARY_PREFIX = "canary-"  # experiments named so belong to deploy_canary
 WORKERS = "workers"  # each live worker's loaded variants and failed builds (ServingState.report_worker)
 
 
@@ -179,8 +180,11 @@ class Routing:
                 "stats_window": self.stats_window}
 
     def running(self, now: datetime | None = None) -> Experiment | None:
+        """The experiment in force: a canary rollout's first (an A/B experiment pauses while a
+        rollout runs), else the first declared whose window holds ``now``."""
         now = now or datetime.now(UTC)
-        return next((e for e in self.experiments if e.running(now)), None)
+        live = [e for e in self.experiments if e.running(now)]
+        return next((e for e in live if e.name.startswith(CANARY_PREFIX)), live[0] if live else None)
 
     def plan(self, now: datetime | None = None) -> Plan:
         """The variants and split in force at ``now`` (a running experiment's arms, else ``traffic``).

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from skulens.control.routing import ROUTING, Experiment, Routing, VariantSpec
+from skulens.control.routing import CANARY_PREFIX, ROUTING, Experiment, Routing, VariantSpec
 from skulens.control.stats import Summary, read_window
 from skulens.control.store import ControlStore, open_control
 
@@ -99,7 +99,7 @@ def deploy_canary(settings: Any, challenger: VariantSpec, *, rollout_id: str | N
                              challenger.reranker_version or champion.reranker_version,
                              challenger.ranker_version or champion.ranker_version)
     rollout = Rollout(rollout_id, challenger.to_dict(), champion.to_dict(), restore)
-    name = f"canary-{rollout_id}"
+    name = f"{CANARY_PREFIX}{rollout_id}"
     rollout.offline = _offline_gate(settings, challenger, champion)
     if not rollout.offline["passed"]:
         why = "offline: " + "; ".join(rollout.offline["reasons"])

@@ -329,6 +329,8 @@ class ServingState:
             experiment = Experiment.parse(raw)
         except RoutingError as exc:
             raise RequestError(str(exc)) from exc
+        if experiment.name.startswith("canary-"):
+            raise RequestError("experiment names starting with 'canary-' belong to deploy_canary")
 
         def change(routing: Routing) -> None:
             routing.experiments = [e for e in routing.experiments if e.name != experiment.name] + [experiment]
