@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from skulens.storage.layout import control_db
+from skulens.storage.sqlite import thread_connection
 
 
 class ControlStoreError(RuntimeError):
@@ -61,13 +62,7 @@ class SQLiteControl:
                        "log text not null, value text not null, at real not null)")
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-            db.execute("pragma journal_mode=wal")
-            db.execute("pragma synchronous=normal")
-            self._local.db = db
-        return db
+        return thread_connection(self._local, self.path, 10.0)
 
     def _guard(self) -> _Guard:
         return _Guard(self.path)

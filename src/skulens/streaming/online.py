@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from skulens.storage.sqlite import thread_connection
+
 
 class OnlineStoreError(RuntimeError):
     """The online store cannot be reached or read."""
@@ -48,16 +50,10 @@ class SQLiteStore:
             db.execute("create index if not exists features_updated on features (updated_at)")
 
     def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-                db.execute("pragma journal_mode=wal")
-                db.execute("pragma synchronous=normal")
-            except sqlite3.Error as exc:
-                raise OnlineStoreError(f"online store {self.path}: {exc}") from exc
-            self._local.db = db
-        return db
+        try:
+            return thread_connection(self._local, self.path, 5.0)
+        except sqlite3.Error as exc:
+            raise OnlineStoreError(f"online store {self.path}: {exc}") from exc
 
     def upsert(self, features: Mapping[str, Mapping[str, Any]], updated_at: float | None = None) -> int:
         stamp = time.time() if updated_at is None else updated_at
