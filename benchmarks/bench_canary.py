@@ -190,6 +190,7 @@ def main() -> None:
     parser.add_argument("--hold-s", type=float, default=15.0)
     parser.add_argument("--min-requests", type=int, default=100)
     parser.add_argument("--shoppers", type=int, default=4)
+    parser.add_argument("--only", choices=sorted(SCENARIOS), help="run one scenario (no report written)")
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
     args = parser.parse_args()
     os.environ.setdefault("SKULENS_PROGRESS", "0")
@@ -204,6 +205,8 @@ def main() -> None:
     parts, relevant = _components(args.shared)
     rows = []
     for name, challenger in SCENARIOS.items():
+        if args.only and name != args.only:
+            continue
         with tempfile.TemporaryDirectory() as home:
             settings = load_settings("local", env={"SKULENS_HOME": home})
             rules = settings.serving.canary.model_copy(update={"hold_s": args.hold_s,
@@ -223,7 +226,13 @@ def main() -> None:
                          record["first_request_to_decision_s"], "canary_share_served": record["canary_share_served"],
                          "canary_requests": record["canary_requests"], "requests_ok": record["requests_ok"],
                          "requests_failed": record["requests_failed"], "wall_s": record["wall_s"],
-                         "index_current_after": store.current_id()})
+                         "index_current_after": store.current_id(),
+                         "ctr_by_step": [{"share": step["share"], "canary": step["canary"]["ctr"],
+                                          "control": step["control"]["ctr"], "canary_requests":
+                                          step["canary"]["requests"]} for step in record["steps"]]})
+            print(f"  CTR by step: {rows[-1]['ctr_by_step']}", flush=True)
+    if args.only:
+        return
     command = (f"python benchmarks/bench_canary.py --hold-s {args.hold_s:g} --min-requests {args.min_requests} "
                f"--shoppers {args.shoppers}")
     lines = ["# Canary rollouts (in-process workers, simulated shoppers)", "", f"Command: `{command}`  ",

@@ -372,7 +372,7 @@ class CanarySettings(_Model):
     max_p95_ms: float = Field(250.0, gt=0)               # and never above this
     max_fallback_increase: float = Field(0.05, ge=0, le=1)  # canary - control share with a fallback
     max_zero_result_increase: float = Field(0.02, ge=0, le=1)
-    max_ctr_drop: float = Field(0.2, ge=0, le=1)         # relative, once min_clicks control clicks seen
+    max_ctr_drop: float = Field(0.1, ge=0, le=1)         # relative; and sure (z > 2.5 at a step's end, 4 between)
     min_clicks: int = Field(50, ge=1)
 
 

@@ -109,7 +109,10 @@ def test_canary_gates_catch_errors_slowness_and_a_real_ctr_drop_but_not_noise(se
     assert any("p95" in f for f in check_gates(Summary(300, 0, 6, 9, 90, 125.0), control, rules))  # 2 x control
     assert check_gates(Summary(300, 0, 6, 9, 90, 10.0), Summary(2000, 2, 40, 60, 600, 5.0), rules) == []  # 5 ms
     shuffled = check_gates(Summary(300, 0, 6, 9, 30, 60.0), control, rules)  # CTR 0.10 vs 0.30
-    assert any(f.startswith("CTR") for f in shuffled)
+    assert any(f.startswith("CTR") for f in shuffled)  # gross: caught at any poll
+    subtle = Summary(2000, 2, 40, 60, 500, 60.0)  # CTR 0.25 vs 0.30: 17% lower, z 3.5
+    assert check_gates(subtle, control, rules) == []  # not sure enough for a mid-step stop
+    assert any(f.startswith("CTR") for f in check_gates(subtle, control, rules, final=True))  # the step's look
 
 
 def test_team_draft_interleaves_without_duplicates_and_credits_each_arm():

@@ -59,8 +59,13 @@ class Rollout:
                 else round(self.finished_at - self.first_canary_request_at, 2)}
 
 
-def check_gates(canary: Summary, control: Summary, rules: Any) -> list[str]:
-    """The gates a step's canary fails against control over the same window (empty: it passes)."""
+def check_gates(canary: Summary, control: Summary, rules: Any, *, final: bool = False) -> list[str]:
+    """The gates a step's canary fails against control over the same window (empty: it passes).
+
+    CTR fails when the canary's drop is both larger than ``max_ctr_drop`` and sure: control's CTR
+    above the canary's by z > 2.5 at the step's end (``final``: one look a step), or by z > 4 at
+    any poll in between (a gross failure stops the step early; the strict bar pays for the
+    repeated looks)."""
     failed = []
     if canary.error_rate > rules.max_error_rate:
         failed.append(f"error rate {canary.error_rate:.3f} > {rules.max_error_rate}")
@@ -74,16 +79,13 @@ def check_gates(canary: Summary, control: Summary, rules: Any) -> list[str]:
         failed.append(f"fallback rate {canary.fallback_rate:.3f} vs control {control.fallback_rate:.3f}")
     if canary.zero_result_rate > control.zero_result_rate + rules.max_zero_result_increase:
         failed.append(f"zero-result rate {canary.zero_result_rate:.3f} vs control {control.zero_result_rate:.3f}")
-    # Only a drop both samples make sure of: a one-sided z-test of canary CTR against the floor
-    # (control's CTR less the allowed drop) at z > 3, strict because the gates look again at every
-    # poll; a canary at 5% has few requests and its raw CTR alone would roll back good challengers.
-    keep = 1 - rules.max_ctr_drop
-    floor = control.ctr * keep
-    spread = (canary.ctr * (1 - canary.ctr) / max(canary.requests, 1)
-              + keep * keep * control.ctr * (1 - control.ctr) / max(control.requests, 1)) ** 0.5
-    if control.clicks >= rules.min_clicks and canary.ctr < floor and (floor - canary.ctr) > 3 * max(spread, 1e-9):
-        z = (floor - canary.ctr) / spread
-        failed.append(f"CTR {canary.ctr:.3f} < {keep:.2f} x control {control.ctr:.3f} (z {z:.1f})")
+    if control.clicks >= rules.min_clicks and control.ctr > 0 and canary.requests and control.requests:
+        drop = 1 - canary.ctr / control.ctr
+        spread = (canary.ctr * (1 - canary.ctr) / canary.requests
+                  + control.ctr * (1 - control.ctr) / control.requests) ** 0.5
+        z = (control.ctr - canary.ctr) / max(spread, 1e-9)
+        if drop > rules.max_ctr_drop and z > (2.5 if final else 4.0):
+            failed.append(f"CTR {canary.ctr:.3f} vs control {control.ctr:.3f} ({drop:.0%} lower, z {z:.1f})")
     return failed
 
 
@@ -169,11 +171,10 @@ def _hold(store: ControlStore, window: str, share: float, rules: Any, rollout: R
         record = {"share": share, "window": window, "canary": canary.to_dict(), "control": seen["control"].to_dict(),
                   "held_s": round(time.time() - started, 1)}
         if canary.requests >= rules.min_requests:
-            failed = check_gates(canary, control, rules)
-            if failed:
+            held = time.time() - started >= rules.hold_s
+            failed = check_gates(canary, control, rules, final=held)
+            if failed or held:
                 return failed, record
-            if time.time() - started >= rules.hold_s:
-                return [], record
         elif time.time() - started >= 3 * rules.hold_s:
             return [f"only {canary.requests} canary requests in {3 * rules.hold_s:g} s (need {rules.min_requests}); "
                     "is the canary loaded in the workers?"], record

@@ -3,7 +3,8 @@ reference window (Evidently, :mod:`skulens.quality.drift`); a drift decision ask
 
 Windows: current = the last ``monitoring.drift.current_hours``; reference = the
 ``reference_days`` before it, but never before the last drift decision (after a retrain is asked
-for, the shifted traffic is the new normal: one shift triggers once). Every run appends its
+for, the shifted traffic is the new normal: one shift triggers once), and no decision until that
+reference spans at least one current window. Every run appends its
 decision to ``SKULENS_HOME/reports/drift/decisions.jsonl`` and writes its reports under
 ``reports/drift/<run_id>/``.
 """
@@ -76,6 +77,10 @@ def monitor_drift(settings: Any, run_id: str, *, now: datetime | None = None, ev
     enough = len(reference) >= config.min_rows and len(current) >= config.min_rows
     why_not = None if enough else (f"{len(reference)} reference and {len(current)} current searches "
                                    f"(need {config.min_rows} each)")
+    if why_not is None and current_from - reference_from < timedelta(hours=config.current_hours):
+        # Just after a decision the reference is short and noisy: wait until it spans a window.
+        why_not = (f"the reference since the last drift decision spans {current_from - reference_from}, "
+                   f"less than the {config.current_hours:g} h current window")
     if "query_text" in enabled:
         checks.append(_run("query_text", enabled, folder, why_not, lambda: (
             query_frame(reference, vocabulary or _vocabulary(settings, reference)),
