@@ -200,7 +200,7 @@ def test_reloads_under_load_drain_the_old_variant_and_degrade_nothing(client):  
     state = client.state_obj
     state.config = replace(state.config, total_budget_ms=5000.0,
                            stage_timeout_ms=dict.fromkeys(state.config.stage_timeout_ms, 2000.0))
-    state.variants["control"] = state._build("control", None, None)
+    state.variants["control"] = state._build("control")
     results: list[tuple[int, list[str], int]] = []
     stop = threading.Event()
 

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from skulens.control.store import Conflict
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 VERSION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -213,6 +216,21 @@ class Routing:
         if abs(sum(shares.values()) - 1.0) > 1e-6:
             raise RoutingError(f"shares add up to {sum(shares.values()):g}, not 1")
         return shares
+
+
+def change_routing(store: Any, change: Callable[[Routing], None], attempts: int = 20) -> Routing | None:
+    """Apply ``change`` to the routing in ``store`` by compare-and-set, read again and retried when
+    another writer came first; the routing written, or None when every attempt lost."""
+    for _ in range(attempts):
+        doc, revision = store.read(ROUTING)
+        routing = Routing.from_doc(doc, revision)
+        change(routing)
+        try:
+            routing.revision = store.write(ROUTING, routing.to_doc(), expect=revision)
+            return routing
+        except Conflict:
+            continue
+    return None
 
 
 def bucket(key: str, salt: str) -> float:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from skulens.control.routing import CANARY_PREFIX, ROUTING, Experiment, Routing, VariantSpec
+from skulens.control.routing import CANARY_PREFIX, Experiment, Routing, VariantSpec, change_routing
 from skulens.control.stats import Summary, read_window
 from skulens.control.store import ControlStore, open_control
 
@@ -181,18 +181,10 @@ def _hold(store: ControlStore, window: str, share: float, rules: Any, rollout: R
 
 
 def _route(store: ControlStore, change: Callable[[Routing], None]) -> Routing:
-    from skulens.control.store import Conflict
-
-    for _ in range(50):
-        doc, revision = store.read(ROUTING)
-        routing = Routing.from_doc(doc, revision)
-        change(routing)
-        try:
-            store.write(ROUTING, routing.to_doc(), expect=revision)
-            return routing
-        except Conflict:
-            continue
-    raise RuntimeError("the routing kept changing; the rollout could not write it")
+    routing = change_routing(store, change, attempts=50)
+    if routing is None:
+        raise RuntimeError("the routing kept changing; the rollout could not write it")
+    return routing
 
 
 def _champion(settings: Any, challenger: VariantSpec) -> tuple[VariantSpec, dict[str, Any]]:

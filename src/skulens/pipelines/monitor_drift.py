@@ -81,10 +81,11 @@ def monitor_drift(settings: Any, run_id: str, *, now: datetime | None = None, ev
         # Just after a decision the reference is short and noisy: wait until it spans a window.
         why_not = (f"the reference since the last drift decision spans {current_from - reference_from}, "
                    f"less than the {config.current_hours:g} h current window")
+    previous, published = _catalogue_versions(settings)
     if "query_text" in enabled:
-        checks.append(_run("query_text", enabled, folder, why_not, lambda: (
-            query_frame(reference, vocabulary or _vocabulary(settings, reference)),
-            query_frame(current, vocabulary or _vocabulary(settings, reference)))))
+        words = vocabulary or _vocabulary(published, reference)
+        checks.append(_run("query_text", enabled, folder, why_not,
+                           lambda: (query_frame(reference, words), query_frame(current, words))))
     if "query_embeddings" in enabled:
         encoder = encode or (None if why_not else _encoder(settings))
         no_encoder = None if encoder else "no served query encoder (no published index)"
@@ -99,7 +100,6 @@ def monitor_drift(settings: Any, run_id: str, *, now: datetime | None = None, ev
                                lambda r=ref_v, c=cur_v: (outcome_frame(r, clicks), outcome_frame(c, clicks)),
                                label=f"outcomes:{variant}"))
     if "catalog" in enabled:
-        previous, published = _catalogue_versions(settings)
         checks.append(_run("catalog", enabled, folder, None if published is not None and previous is not None
                            else "no previous published catalogue version",
                            lambda: (catalog_frame(previous), catalog_frame(published)), categorical=("category",)))
@@ -129,9 +129,8 @@ def _run(name: str, enabled: dict[str, Any], folder: Path, skipped: str | None,
                    folder=folder, categorical=categorical)
 
 
-def _vocabulary(settings: Any, reference: pd.DataFrame) -> set[str]:
+def _vocabulary(published: pd.DataFrame | None, reference: pd.DataFrame) -> set[str]:
     """The catalogue's title words (the published index's products), else the reference queries'."""
-    previous, published = _catalogue_versions(settings)
     texts = published["title"] if published is not None else reference["query"]
     return {w for text in texts.fillna("") for w in str(text).lower().split()}
 

@@ -20,7 +20,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from skulens.control.routing import ROUTING, Experiment, Plan, Routing, RoutingError, VariantSpec, assign
+from skulens.control.routing import (
+    ROUTING,
+    Experiment,
+    Plan,
+    Routing,
+    RoutingError,
+    VariantSpec,
+    assign,
+    change_routing,
+)
 from skulens.control.stats import VariantStats
 from skulens.control.store import Conflict
 from skulens.serving.feedback import ServiceEvents
@@ -101,22 +110,15 @@ class ServingState:
     def update_routing(self, change: Any) -> Routing:
         """Apply ``change(routing)`` to the shared routing (compare-and-set, retried when another
         worker wrote in between), then follow it here at once."""
-        for _ in range(20):
-            if self.control is None:
-                routing = Routing.from_doc(self.routing.to_doc(), self.routing.revision)
-                change(routing)
-                routing.revision += 1
-                break
-            doc, revision = self.control.read(ROUTING)
-            routing = Routing.from_doc(doc, revision)
+        if self.control is None:
+            routing = Routing.from_doc(self.routing.to_doc(), self.routing.revision)
             change(routing)
-            try:
-                routing.revision = self.control.write(ROUTING, routing.to_doc(), expect=revision)
-                break
-            except Conflict:
-                continue
+            routing.revision += 1
         else:
-            raise RequestError("the routing kept changing under this update; try again", status=409)
+            written = change_routing(self.control, change)
+            if written is None:
+                raise RequestError("the routing kept changing under this update; try again", status=409)
+            routing = written
         self.routing = routing
         self._apply(routing.plan())
         return routing
@@ -275,10 +277,9 @@ class ServingState:
         if self.features is not None:
             self.features.close()
 
-    def _build(self, variant: str, spec: VariantSpec | None = None, reranker_version: int | None = None) -> Served:
+    def _build(self, variant: str, spec: VariantSpec | None = None) -> Served:
         # A reload that names no reranker version keeps the one configured (serving.reranker_version).
-        if spec is None or isinstance(spec, str):  # _build(name, index_version, reranker_version)
-            spec = VariantSpec(spec, reranker_version)
+        spec = spec or VariantSpec()
         config = ServingConfig(**{**self.config.__dict__, "variant": variant})
         extra = {"ranker_version": spec.ranker_version} if spec.ranker_version is not None else {}
         served = self.loader(self.settings, self.catalog, config, index_version=spec.index_version,
