@@ -1,15 +1,20 @@
-"""A per-run JSON log that every stage of a pipeline writes to, and the run summary built from it.
+"""The run log every stage of a pipeline writes to, and the run summary built from it.
 
-Each stage records its status, timing, and result or error into
-``SKULENS_HOME/reports/<pipeline>/runs/<run_id>.json``. The final step of a pipeline turns that log
-into ``latest.json``, whether the run succeeded or not, so a failed run is explained in the same
-place as a good one.
+Each stage records its status, timing and result or error as one row of the metadata database
+(``database.url``: SQLite under ``SKULENS_HOME`` by default, Postgres in production), keyed by
+pipeline, run and stage. A stage writes only its own row, in one transaction, so parallel branches
+of a DAG (and workers on other machines sharing the database) never overwrite each other, and a
+retried stage replaces its earlier attempt (every stage is idempotent by run id). The final step of
+a pipeline turns the rows into ``SKULENS_HOME/reports/<pipeline>/runs/<run_id>.json`` and
+``latest.json``, whether the run succeeded or not, so a failed run is explained in the same place as
+a good one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from skulens.settings import Settings
+
+_ENGINES: dict[str, Any] = {}
+_ENGINES_LOCK = threading.Lock()
 
 
 def runs_dir(settings: Settings, pipeline: str) -> Path:
@@ -32,11 +40,89 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _table():  # noqa: ANN202 - SQLAlchemy is imported lazily (DAG parsing stays light)
+    import sqlalchemy as sa
+
+    table = getattr(_table, "cached", None)
+    if table is None:
+        table = sa.Table(
+            "skulens_stage_runs", sa.MetaData(),
+            sa.Column("pipeline", sa.String(64), primary_key=True),
+            sa.Column("run_id", sa.String(250), primary_key=True),
+            sa.Column("stage", sa.String(64), primary_key=True),
+            sa.Column("entry", sa.Text, nullable=False),
+            sa.Column("updated_at", sa.String(32), nullable=False),
+        )
+        _table.cached = table
+    return table
+
+
+def _engine(settings: Settings):  # noqa: ANN202
+    """One engine per database URL and process (a forked task process must not reuse its parent's
+    pooled connections); the table is created on first use."""
+    key = f"{os.getpid()}:{settings.database.url}"
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _create_engine(settings.database.url)
+            _ENGINES[key] = engine
+    return engine
+
+
+def _create_engine(url: str):  # noqa: ANN202
+    import sqlalchemy as sa
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_connection, _record):  # noqa: ANN001, ANN202 - readers never wait for the writer
+            dbapi_connection.execute("pragma journal_mode=wal")
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    try:
+        _table().metadata.create_all(engine, checkfirst=True)
+    except sa.exc.OperationalError:
+        # Another process created it between the check and the create: fine if it exists now.
+        if not sa.inspect(engine).has_table(_table().name):
+            raise
+    except sa.exc.ProgrammingError:
+        if not sa.inspect(engine).has_table(_table().name):
+            raise
+    return engine
+
+
+def _upsert(settings: Settings, pipeline: str, run_id: str, name: str, entry: dict[str, Any]) -> None:
+    """Write one stage's row in one transaction (insert, or replace an earlier attempt's)."""
+    engine = _engine(settings)
+    table = _table()
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    values = {"pipeline": pipeline, "run_id": run_id, "stage": name,
+              "entry": json.dumps(entry, default=str),
+              "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    statement = insert(table).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=["pipeline", "run_id", "stage"],
+        set_={"entry": statement.excluded.entry, "updated_at": statement.excluded.updated_at})
+    with engine.begin() as connection:
+        connection.execute(statement)
+
+
 def read_log(settings: Settings, pipeline: str, run_id: str) -> dict[str, Any]:
-    path = runs_dir(settings, pipeline) / f"{run_id}.json"
-    if not path.is_file():
-        return {"pipeline": pipeline, "run_id": run_id, "stages": {}}
-    return json.loads(path.read_text(encoding="utf-8"))
+    """Every stage this run recorded so far, in the order they were last written."""
+    import sqlalchemy as sa
+
+    table = _table()
+    query = (sa.select(table.c.stage, table.c.entry)
+             .where(table.c.pipeline == pipeline, table.c.run_id == run_id)
+             .order_by(table.c.updated_at))
+    with _engine(settings).connect() as connection:
+        rows = connection.execute(query).all()
+    return {"pipeline": pipeline, "run_id": run_id, "stages": {stage: json.loads(entry) for stage, entry in rows}}
 
 
 @contextmanager
@@ -54,9 +140,7 @@ def stage(settings: Settings, pipeline: str, run_id: str, name: str) -> Iterator
         entry.update(status="success", result=result)
     finally:
         entry["seconds"] = round(time.perf_counter() - started, 2)
-        log = read_log(settings, pipeline, run_id)
-        log["stages"][name] = entry
-        _write_json(runs_dir(settings, pipeline) / f"{run_id}.json", log)
+        _upsert(settings, pipeline, run_id, name, entry)
 
 
 def stage_result(settings: Settings, pipeline: str, run_id: str, name: str) -> dict[str, Any]:
