@@ -10,7 +10,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export AIRFLOW__CORE__PARALLELISM ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: setup demo serve test test-unit test-integration lint lock clean
+.PHONY: setup demo serve airflow test test-unit test-integration lint lock clean
 
 setup:  ## build .venv from nothing (idempotent, seconds when up to date)
 	@scripts/setup.sh
@@ -26,6 +26,9 @@ demo: setup  ## the main job: tables, events, the three DAGs, eval, then the ser
 
 serve: setup  ## the search service and its web page on http://127.0.0.1:3000/
 	$(BIN)/skulens serve
+
+airflow: setup  ## a real local Airflow (UI, scheduler, schedules on) until Ctrl-C
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/skulens airflow up --foreground
 
 test: setup  ## every test: unit, then integration (real components)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

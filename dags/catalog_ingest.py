@@ -49,7 +49,9 @@ def _settings():  # noqa: ANN202 - imported lazily to keep DAG parsing light
 @dag(
     dag_id="catalog_ingest",
     doc_md=DOC,
-    schedule=None,
+    # Daily: a catalogue that changed in the sources is validated, prepared and published by
+    # morning; by hand (with params) for another source.
+    schedule="@daily",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, dag, get_current_context, task
+from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
@@ -28,6 +28,12 @@ DRIFT = Asset(name="skulens_drift", uri="file:///skulens/reports/drift")
     max_active_runs=1,
     tags=["skulens", "monitoring", "drift"],
     default_args={"retries": 1, "retry_delay": timedelta(minutes=5), "owner": "skulens"},
+    params={
+        "current_hours": Param(None, type=["null", "number"], exclusiveMinimum=0,
+                               description="current window in hours (default monitoring.drift.current_hours)"),
+        "reference_days": Param(None, type=["null", "number"], exclusiveMinimum=0,
+                                description="reference window in days (default monitoring.drift.reference_days)"),
+    },
 )
 def monitor_drift():
     @task(outlets=[DRIFT])
@@ -35,10 +41,13 @@ def monitor_drift():
         from airflow.exceptions import AirflowSkipException
 
         from skulens.pipelines.monitor_drift import monitor_drift as run
+        from skulens.pipelines.monitor_drift import with_windows
         from skulens.settings import load_settings
 
         context = get_current_context()
-        decision = run(load_settings(), context["run_id"].replace(":", "_").replace("+", "_"))
+        params = context["params"]
+        settings = with_windows(load_settings(), params.get("current_hours"), params.get("reference_days"))
+        decision = run(settings, context["run_id"].replace(":", "_").replace("+", "_"))
         if not decision["triggered"]:
             raise AirflowSkipException("stable: no check drifted")
         context["outlet_events"][DRIFT].extra = {"reason": "; ".join(decision["reasons"])[:2000],

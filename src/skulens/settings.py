@@ -462,9 +462,17 @@ class MonitoringSettings(_Model):
 
 
 class AirflowSettings(_Model):
+    """Airflow's home and metadata database (``skulens airflow up`` and ``skulens pipeline``), and
+    the REST API that ``skulens pipeline trigger`` talks to."""
+
     home: Path
     parallelism: int = Field(4, ge=1)
     sql_alchemy_conn: str
+    api_url: str = "http://127.0.0.1:8080"  # the api-server (UI and REST API)
+    username: str = "admin"
+    # The environment variable holding the API password; locally the simple auth manager's
+    # generated password file in ``home`` is read when it is unset.
+    password_env: str = "SKULENS_AIRFLOW_PASSWORD"
 
 
 class DbtSparkSettings(_Model):

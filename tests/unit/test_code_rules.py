@@ -61,7 +61,7 @@ LAYERS = [
     {"export"},
     {"training"},
     {"spark", "quality", "warehouse"},
-    {"pipelines"},
+    {"pipelines", "orchestration"},
     {"cli", "__main__"},
 ]
 

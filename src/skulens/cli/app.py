@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from skulens import __version__
-from skulens.cli import datasets, experiments, index, models, pipeline, stream
+from skulens.cli import airflow, datasets, experiments, index, models, pipeline, stream
 from skulens.cli.common import console, fail_on_errors, settings_from
 from skulens.cli.evaluate import eval_command
 from skulens.cli.serve import serve_command
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(airflow.app, name="airflow")
 app.add_typer(models.app, name="models")
 app.add_typer(index.app, name="index")
 app.add_typer(stream.app, name="stream")

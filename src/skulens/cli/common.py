@@ -25,8 +25,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from skulens.data.catalog import DataQualityError
     from skulens.data.mapping import MappingError
     from skulens.data.sources import SourceError
+    from skulens.orchestration.airflow import AirflowError
 
-    return (ConfigError, SourceError, MappingError, DataQualityError, FileNotFoundError, ValueError)
+    return (ConfigError, SourceError, MappingError, DataQualityError, FileNotFoundError, ValueError, AirflowError)
 
 
 def fail_on_errors(func: F) -> F:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -62,13 +63,10 @@ BUILD_INDEX_DETAILS = {
 
 def _airflow_env(settings) -> None:  # noqa: ANN001
     """Point Airflow at SKULENS_HOME before it is imported (it reads its config on import)."""
+    from skulens.orchestration.airflow import airflow_env
+
     settings.airflow.home.mkdir(parents=True, exist_ok=True)
-    os.environ["AIRFLOW_HOME"] = str(settings.airflow.home)
-    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(settings.project_root / "dags")
-    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    os.environ["AIRFLOW__CORE__PARALLELISM"] = str(settings.airflow.parallelism)
-    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = settings.airflow.sql_alchemy_conn
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    os.environ.update(airflow_env(settings))
 
 
 def _run_dag(settings, dag_id: str, conf: dict, message: str) -> None:  # noqa: ANN001
@@ -300,3 +298,41 @@ def monitor_drift_command() -> None:
                   else "no drift", highlight=False, soft_wrap=True)
     if decision["triggered"]:
         raise typer.Exit(code=3)
+
+
+@app.command("trigger")
+@fail_on_errors
+def trigger_command(
+    dag_id: Annotated[str, typer.Argument(help="The DAG to run, e.g. train_and_export.")],
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", help="A DAG param as key=value (JSON values: 3, null, true); repeatable.")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the run until it ends.")] = True,
+    unpause: Annotated[bool, typer.Option(
+        help="Unpause the DAG first (a paused DAG's manual run waits in the queue).")] = True,
+    timeout_s: Annotated[float, typer.Option(help="How long to follow the run.")] = 4 * 3600,
+) -> None:
+    """Trigger a DAG through Airflow's REST API (``airflow.api_url``, e.g. the one `skulens airflow
+    up` started) with params, then follow the run task by task. Exit code 1 if the run fails."""
+    from skulens.orchestration.airflow import client_for, parse_params
+
+    settings = settings_from()
+    conf = parse_params(param or [])
+    client = client_for(settings)
+    dag = client.wait_for_dag(dag_id, timeout_s=60)
+    if unpause and dag["is_paused"]:
+        client.set_paused(dag_id, False)
+    run_id = client.trigger(dag_id, conf)
+    console.print(f"triggered {dag_id} run [bold]{run_id}[/] with {json.dumps(conf)}", highlight=False)
+    console.print(f"  {settings.airflow.api_url}/dags/{dag_id}/runs/{run_id}", highlight=False)
+    if not wait:
+        return
+
+    def show(tasks: dict) -> None:
+        line = ", ".join(f"{task} {state or 'none'}" for task, state in tasks.items())
+        console.print(f"  {time.strftime('%H:%M:%S')} {line}", highlight=False, soft_wrap=True)
+
+    state = client.follow(dag_id, run_id, timeout_s=timeout_s, on_change=show)
+    colour = "green" if state == "success" else "red"
+    console.print(f"{dag_id} run {run_id}: [{colour}]{state}[/]")
+    if state != "success":
+        raise typer.Exit(code=1)

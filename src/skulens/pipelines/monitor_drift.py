@@ -27,6 +27,16 @@ def drift_dir(settings: Any) -> Path:
     return settings.reports_dir / "drift"
 
 
+def with_windows(settings: Any, current_hours: float | None = None, reference_days: float | None = None) -> Any:
+    """``settings`` with the drift windows overridden where a value is given (DAG params, CLI)."""
+    update = {key: value for key, value in (("current_hours", current_hours), ("reference_days", reference_days))
+              if value is not None}
+    if not update:
+        return settings
+    drift = settings.monitoring.drift.model_copy(update=update)
+    return settings.model_copy(update={"monitoring": settings.monitoring.model_copy(update={"drift": drift})})
+
+
 def last_trigger(settings: Any) -> datetime | None:
     """When the last drift decision asked for retraining (the reference starts there)."""
     path = drift_dir(settings) / "decisions.jsonl"
