@@ -71,6 +71,31 @@ def test_an_admin_change_in_one_worker_reaches_the_other(workers):
     assert one.stop_experiment("exp1") and (two.sync() or two.experiment is None)
 
 
+def _gauge(state, name, **labels):
+    return state.metrics.registry.get_sample_value(name, labels)
+
+
+def test_every_worker_exposes_the_split_and_monitor_drifts_decision(workers, settings):
+    from skulens.pipelines.monitor_drift import _share
+
+    one, two = workers
+    one.reload("b", index_version="v2")
+    one.set_traffic({"control": 0.75, "b": 0.25})
+    _share(settings, {"run_id": "r1", "now": "2026-12-02T00:00:00+00:00", "triggered": True,
+                      "checks": [{"name": "query_text", "drifted": True, "skipped": None},
+                                 {"name": "catalog", "drifted": False, "skipped": None},
+                                 {"name": "query_embeddings", "drifted": False, "skipped": "no encoder"}]})
+    two.sync()
+    assert _gauge(two, "skulens_variant_share", variant="b") == 0.25
+    assert _gauge(two, "skulens_variant_share", variant="control") == 0.75
+    assert _gauge(two, "skulens_drift_drifted", check="query_text") == 1.0
+    assert _gauge(two, "skulens_drift_drifted", check="catalog") == 0.0
+    assert _gauge(two, "skulens_drift_drifted", check="query_embeddings") is None  # skipped: no verdict
+    one.set_traffic({"control": 1.0})
+    two.sync()
+    assert _gauge(two, "skulens_variant_share", variant="b") == 0.0 and _gauge(two, "skulens_canary_active") == 0
+
+
 def test_the_llm_day_budget_is_one_budget_for_all_workers(workers):
     one, two = workers
     budgets = [SharedDailyBudget(state.control, 1.0) for state in workers]

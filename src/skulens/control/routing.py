@@ -33,6 +33,7 @@ VERSION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 ROUTING = "routing"  # the document's name in the control store
 CANARY_PREFIX = "canary-"  # experiments named so belong to deploy_canary
 WORKERS = "workers"  # each live worker's loaded variants and failed builds (ServingState.report_worker)
+DRIFT = "drift"  # monitor_drift's latest decision per check (the service exposes it as metrics)
 
 
 class RoutingError(ValueError):

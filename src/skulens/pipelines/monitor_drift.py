@@ -125,7 +125,33 @@ def monitor_drift(settings: Any, run_id: str, *, now: datetime | None = None, ev
     (folder / "decision.json").write_text(json.dumps(decision, indent=2, default=str), encoding="utf-8")
     with (drift_dir(settings) / "decisions.jsonl").open("a", encoding="utf-8") as log:
         log.write(json.dumps({k: decision[k] for k in ("run_id", "now", "triggered", "reasons")}) + "\n")
+    _share(settings, decision)
     return decision
+
+
+def _share(settings: Any, decision: dict[str, Any]) -> None:
+    """The decision per check in the control store, where every serving worker exposes it as the
+    ``skulens_drift_drifted`` gauge (Grafana's drift row, docs/operations.md). Best effort: an
+    unreachable store must not fail the monitoring run that already wrote its reports."""
+    from skulens.control.routing import DRIFT
+    from skulens.control.store import Conflict, ControlStoreError, open_control
+
+    doc = {"run_id": decision["run_id"], "now": decision["now"], "triggered": decision["triggered"],
+           "checks": {c["name"]: bool(c.get("drifted")) for c in decision["checks"] if not c.get("skipped")}}
+    try:
+        store = open_control(settings)
+        try:
+            for _ in range(3):
+                _, revision = store.read(DRIFT)
+                try:
+                    store.write(DRIFT, doc, expect=revision)
+                    return
+                except Conflict:
+                    continue
+        finally:
+            store.close()
+    except ControlStoreError:
+        return
 
 
 def _run(name: str, enabled: dict[str, Any], folder: Path, skipped: str | None,

@@ -54,6 +54,12 @@ class ServingMetrics:
                                               "zone (queue_full, write_error, unserialisable, closed)", ["reason"],
                                               **extra)
         self.events_backlog = factory.Gauge("skulens_events_backlog", "Records queued for the writer", **extra)
+        # What the shared routing and monitor_drift say (the Grafana dashboard's canary and drift rows).
+        self.variant_share = factory.Gauge("skulens_variant_share", "Share of traffic this worker routes to a "
+                                           "variant", ["variant"], **extra)
+        self.canary_active = factory.Gauge("skulens_canary_active", "1 while a deploy_canary rollout runs", **extra)
+        self.drift_drifted = factory.Gauge("skulens_drift_drifted", "monitor_drift's latest decision per check "
+                                           "(1 drifted, 0 stable)", ["check"], **extra)
         self.client_events = factory.Counter("skulens_client_events", "POST /events events by outcome "
                                              "(accepted, duplicate)", ["type", "outcome"], **extra)
 

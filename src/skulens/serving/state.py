@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from skulens.control.routing import (
+    CANARY_PREFIX,
+    DRIFT,
     ROUTING,
     Experiment,
     Plan,
@@ -131,9 +133,19 @@ class ServingState:
             if revision != self.routing.revision:
                 self.routing = Routing.from_doc(doc, revision)
             self.stats.flush(self.control, self.routing.stats_window)
+            self._expose_drift()
         self._apply(self.routing.plan())
         if self.control is not None:
             self.report_worker()
+
+    def _expose_drift(self) -> None:
+        """monitor_drift's latest decision per check as gauges (read when its revision changes)."""
+        doc, revision = self.control.read(DRIFT)
+        if doc is None or revision == getattr(self, "_drift_revision", None):
+            return
+        self._drift_revision = revision
+        for check, drifted in (doc.get("checks") or {}).items():
+            self.metrics.drift_drifted.labels(check=str(check)).set(float(bool(drifted)))
 
     def report_worker(self) -> None:
         """This worker's loaded variants and failed builds in the store's ``workers`` document, so
@@ -184,6 +196,9 @@ class ServingState:
             self._uninstall(name)
         loaded = {n: share for n, share in plan.shares.items() if n in self.variants}
         loaded["control"] = loaded.get("control", 0.0) + sum(s for n, s in plan.shares.items() if n not in loaded)
+        for name in set(self.traffic) | set(loaded):
+            self.metrics.variant_share.labels(variant=name).set(loaded.get(name, 0.0))
+        self.metrics.canary_active.set(float(bool(plan.experiment and plan.experiment.startswith(CANARY_PREFIX))))
         with self._lock:
             self.traffic, self.salt, self.experiment, self.method = loaded, plan.salt, plan.experiment, plan.method
         control = plan.specs.get("control")
