@@ -60,7 +60,9 @@ def test_gate_blocks_a_bad_prepared_catalogue(settings_at):
         assert rule in message
     assert store.current_id() is None  # nothing became current
     assert (settings_at.reports_dir / "gx_docs" / "index.html").is_file()
-    log = json.loads((settings_at.reports_dir / "catalog_ingest" / "runs" / "bad-run.json").read_text())
+    from skulens.pipelines.runlog import read_log
+
+    log = read_log(settings_at, "catalog_ingest", "bad-run")  # the run log in the metadata database
     assert log["stages"]["gate_prepared"]["status"] == "failed"
 
 
