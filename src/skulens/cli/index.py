@@ -24,7 +24,7 @@ def versions(catalog: Annotated[str | None, typer.Argument(help="Catalogue (defa
     store = index_store(settings, catalog)
     current = store.current_id()
     for version in store.list_versions():
-        manifest = store.versions / version / "manifest.json"
+        manifest = store.local(version) / "manifest.json"
         info = json.loads(manifest.read_text()) if manifest.is_file() else {}
         mark = "*" if version == current else " "
         console.print(f"{mark} {version}  model {info.get('model_version')}  recall@10 "

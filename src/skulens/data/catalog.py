@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from skulens.data.checks import CheckResult
 from skulens.data.contracts import CONTRACTS, ISSUES
 from skulens.settings import Settings
-from skulens.storage import VersionedDir, new_version_id
+from skulens.storage import new_version_id
+from skulens.storage.layout import tables_store
 
 
 class DataQualityError(RuntimeError):
@@ -126,7 +127,7 @@ def publish_catalog(settings: Settings, catalog: str, tables: dict[str, pa.Table
         failed.mkdir(parents=True, exist_ok=True)
         pq.write_table(rejects, failed / "rejects.parquet")
         (failed / "report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-        current = VersionedDir(settings.tables_dir / catalog).current_id()
+        current = tables_store(settings, catalog).current_id()
         lines = [
             f"{name}: {t.rejected} of {t.rows_in} records rejected "
             f"({t.rejected / t.rows_in:.1%} > {settings.datasets.max_reject_fraction:.1%} allowed); "
@@ -139,7 +140,7 @@ def publish_catalog(settings: Settings, catalog: str, tables: dict[str, pa.Table
             + (f"Version {current} stays current." if current else "No version was published before.")
         )
 
-    store = VersionedDir(settings.tables_dir / catalog)
+    store = tables_store(settings, catalog)
     with store.build(version, keep=settings.datasets.keep_versions) as staging:
         for name, table in tables.items():
             pq.write_table(CONTRACTS[name].conform(table), staging / f"{name}.parquet")
@@ -169,7 +170,7 @@ def _top_rules(rejects: pa.Table, table: str, limit: int = 5) -> str:
 
 def catalog_dir(settings: Settings, catalog: str) -> Path:
     """The folder of the catalogue's current version; raise FileNotFoundError if none."""
-    current = VersionedDir(settings.tables_dir / catalog).current()
+    current = tables_store(settings, catalog).current()
     if current is None:
         raise FileNotFoundError(
             f"catalogue {catalog!r} has no published tables under {settings.tables_dir}; "
@@ -196,4 +197,4 @@ def list_catalogs(settings: Settings) -> list[str]:
     if not settings.tables_dir.is_dir():
         return []
     return sorted(p.name for p in settings.tables_dir.iterdir()
-                  if VersionedDir(p).current_id() is not None)
+                  if tables_store(settings, p.name).current_id() is not None)

@@ -182,7 +182,7 @@ def _catalogue_versions(settings: Any) -> tuple[pd.DataFrame | None, pd.DataFram
     older = [v for v in store.list_versions() if v < current]
 
     def products(version: str) -> pd.DataFrame | None:
-        path = store.versions / version / "products.parquet"
+        path = store.local(version) / "products.parquet"
         return pd.read_parquet(path) if path.is_file() else None
     return (products(older[-1]) if older else None), products(current)
 

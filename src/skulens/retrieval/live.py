@@ -189,18 +189,20 @@ class LiveIndex:
         self.refresh()
 
     @classmethod
-    def open(cls, root: Path, version: str | None = None) -> LiveIndex:
-        """The current version (or ``version``) under ``root`` (``indexes/<catalog>``) with the log replayed."""
+    def open(cls, root: Path | Any, version: str | None = None) -> LiveIndex:
+        """The current version (or ``version``) under ``root`` (``indexes/<catalog>``, or its
+        VersionedDir with an object-store mirror) with the log replayed."""
         from skulens.retrieval.lexical import BM25Index
         from skulens.retrieval.vector_index import ShardedVectorIndex
         from skulens.storage import VersionedDir
 
-        store = VersionedDir(Path(root))
+        store = root if isinstance(root, VersionedDir) else VersionedDir(Path(root))
+        root = store.root
         if version is not None:
             if version not in store.list_versions():
                 raise FileNotFoundError(f"no index version {version!r} under {root}; "
                                         f"published: {', '.join(store.list_versions()) or 'none'}")
-            current = store.root / "versions" / version
+            current = store.local(version)
         else:
             current = store.current()
         if current is None:
@@ -282,7 +284,7 @@ def compact(settings: Any, catalog: str, run_id: str | None = None) -> dict[str,
 
     started = time.perf_counter()
     store = index_store(settings, catalog)
-    live = LiveIndex.open(store.root)
+    live = LiveIndex.open(store)
     through = live.applied
     if through == int(live.manifest.get("updates_through", 0)):
         return {"compacted": False, "version": store.current_id(), "reason": "no updates since the current version"}

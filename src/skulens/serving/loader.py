@@ -74,7 +74,7 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
 
     configure(settings.models.onnx_device, threads=onnx_threads(settings.serving))
     catalog = catalog or settings.retrieval.catalog
-    live = LiveIndex.open(index_store(settings, catalog).root, version=index_version)
+    live = LiveIndex.open(index_store(settings, catalog), version=index_version)
     snapshot = pq.read_table(live.version / "products.parquet",
                              columns=["product_id", "title", "category_path", "attributes", "image_uri"])
     products = snapshot.to_pylist()

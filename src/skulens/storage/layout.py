@@ -10,6 +10,10 @@ to an object store) without a hunt through the code::
     events/<catalog>/         click logs (date partitions)
     reports/<pipeline>/       run logs and summaries
     cache/                    model and registry caches
+
+With ``storage.backend: s3`` the versioned folders are mirrored to the object store (key prefix
+``storage.s3.prefix`` + the same relative path), which then holds the published versions and
+their ``CURRENT`` pointers; the local folders are caches (:mod:`skulens.storage.objects`).
 """
 
 from __future__ import annotations
@@ -20,24 +24,37 @@ from typing import Any
 from skulens.storage.versioned import VersionedDir
 
 
+def versioned(settings: Any, folder: Path) -> VersionedDir:
+    """The versioned folder ``folder`` (under ``SKULENS_HOME``), mirrored to the object store when
+    ``storage.backend`` names one."""
+    from skulens.storage.objects import mirror_for
+
+    return VersionedDir(folder, mirror_for(settings, folder))
+
+
 def tables_store(settings: Any, catalog: str) -> VersionedDir:
     """The versioned folder of a catalogue's canonical tables."""
-    return VersionedDir(settings.tables_dir / catalog)
+    return versioned(settings, settings.tables_dir / catalog)
 
 
 def prepared_store(settings: Any, catalog: str) -> VersionedDir:
     """The versioned folder of a catalogue's prepared outputs."""
-    return VersionedDir(settings.home / "prepared" / catalog)
+    return versioned(settings, settings.home / "prepared" / catalog)
 
 
 def pairs_store(settings: Any) -> VersionedDir:
     """The versioned folder of the training pairs."""
-    return VersionedDir(settings.home / "pairs")
+    return versioned(settings, settings.home / "pairs")
 
 
 def index_store(settings: Any, catalog: str) -> VersionedDir:
     """The versioned folder of a catalogue's search indexes."""
-    return VersionedDir(settings.home / "indexes" / catalog)
+    return versioned(settings, settings.home / "indexes" / catalog)
+
+
+def events_store(settings: Any, name: str) -> VersionedDir:
+    """The versioned folder of a set of (simulated or imported) click events."""
+    return versioned(settings, settings.events_dir / name)
 
 
 def reload_marker(settings: Any, catalog: str) -> Path:
