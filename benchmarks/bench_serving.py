@@ -220,7 +220,7 @@ async def drive(base: str, bodies: list[tuple[str, dict]], seconds: float, concu
             "query_vector_cache_hit_rate": round(cache_hits / answered, 3) if answered else None}
 
 
-def run_size(label: str, home: Path, args: argparse.Namespace) -> dict:
+def run_size(label: str, home: Path, args: argparse.Namespace, workers: int) -> dict:
     import httpx
 
     from skulens.serving.examples import wait_llm, wait_ready
@@ -231,13 +231,13 @@ def run_size(label: str, home: Path, args: argparse.Namespace) -> dict:
     base = f"http://127.0.0.1:{port}"
     overrides = dict(item.split("=", 1) for item in args.set)
     server = start(home, port, {f"SKULENS__{k.upper().replace('.', '__')}": v for k, v in overrides.items()},
-                   workers=args.workers)
+                   workers=workers)
     try:
         started = time.perf_counter()
         ready_s = wait_ready(base, timeout_s=600, alive=lambda: server.poll() is None)
         # Measure once the local LLM tier has loaded (a background thread that takes the CPU for
         # about 25 s after readiness): the figures are for a warm service.
-        wait_llm(base, ADMIN_KEY, timeout_s=600, workers=args.workers)
+        wait_llm(base, ADMIN_KEY, timeout_s=600, workers=workers)
         warm_s = time.perf_counter() - started
         texts = queries(home, 4000)
         images = photos(home, 200)
@@ -280,7 +280,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["bundled", "1000000"])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8])
-    parser.add_argument("--workers", type=int, default=1, help="skulens serve --workers")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="skulens serve --workers (several: one run per count, e.g. 1 2 4)")
     parser.add_argument("--skip-single", action="store_true", help="only the concurrent scenarios")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="service settings, e.g. serving.onnx_threads=1 (SKULENS__SERVING__ONNX_THREADS)")
@@ -293,18 +294,22 @@ def main() -> None:
                     "concurrency": args.concurrency, "workers": args.workers, "sizes": {}}
     for size in args.sizes:
         home = settings.home if size == "bundled" else scaled_home(int(size))
-        report["sizes"][size] = run_size(size, home, args)
+        for workers in args.workers:
+            label = size if len(args.workers) == 1 else f"{size}, {workers} worker{'s' * (workers > 1)}"
+            report["sizes"][label] = {**run_size(label, home, args, workers), "size": size,
+                                     "workers": workers}
     report["written_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     extra = f" --report {args.report}" if args.report != "serving" else ""
     levels = " ".join(str(c) for c in args.concurrency)
+    counts = " ".join(str(w) for w in args.workers)
     admission = settings.serving.admission
     lines = ["# Search service under load", "",
              f"Command: `.venv/bin/python benchmarks/bench_serving.py --sizes {' '.join(args.sizes)} --seconds "
-             f"{args.seconds:g} --concurrency {levels} --workers {args.workers}"
+             f"{args.seconds:g} --concurrency {levels} --workers {counts}"
              f"{' --set ' + ' '.join(args.set) if args.set else ''}"
              f"{' --skip-single' if args.skip_single else ''}{extra}`  ",
              f"Machine: {report['machine']}  ", f"Written: {report['written_at']}", "",
-             f"`skulens serve --workers {args.workers}` (BentoML) on loopback, driven by an asyncio httpx client on "
+             f"`skulens serve --workers {counts}` (BentoML) on loopback, driven by an asyncio httpx client on "
              "the same 2 cores. Queries are attribute-derived, not real shopper queries; 1M = the fashion catalogue "
              "scaled by perturbed copies (see the script's docstring). Budget: 150 ms in all, per-stage timeouts; "
              "the cross-encoder reranks as deep as the index version's learned ranking policy says (each distinct "
@@ -312,8 +317,9 @@ def main() -> None:
              f"runs {admission.max_active} searches at once per worker and queues {admission.max_waiting} "
              f"(at most {admission.max_wait_ms:g} ms), refusing the rest with 503. **degraded** = share of answered "
              "searches that carried any fallback; **503** = share of requests refused by admission control.", ""]
-    for size, res in report["sizes"].items():
-        lines += [f"## {size} products (ready in {res['ready_s']} s, local LLM tier loaded at {res['warm_s']} s)",
+    for res in report["sizes"].values():
+        lines += [f"## {res['size']} products, {res['workers']} worker(s) (ready in {res['ready_s']} s, "
+                  f"local LLM tier loaded at {res['warm_s']} s)",
                   "",
                   "| endpoint | requests | QPS | p50 | p95 | p99 | degraded | 503 | vector cache hits |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

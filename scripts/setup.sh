@@ -38,42 +38,19 @@ ensure_java() {
   command -v java >/dev/null 2>&1 || { echo "error: Java 17 could not be installed" >&2; exit 1; }
 }
 
-ensure_chromium() {
-  # Debian's Chromium, for the web page's headless-browser test. Optional: without it (no apt, no
-  # root) that one test is skipped locally; CI installs it.
-  if command -v chromium >/dev/null 2>&1 || [ -n "${SKULENS_NO_CHROMIUM:-}" ]; then return 0; fi
+ensure_debian_package() {
+  # ensure_debian_package PACKAGE CHECK SKIP_VAR WHAT [recommends]: install Debian's PACKAGE with
+  # apt when the shell test CHECK fails, for the tests that start it (WHAT). Optional: without apt
+  # or root those tests are skipped locally (on CI they fail instead); SKIP_VAR=1 skips the install.
+  local package="$1" check="$2" skip="$3" what="$4" extra="--no-install-recommends"
+  [ "${5:-}" = "recommends" ] && extra=""
+  if eval "$check" >/dev/null 2>&1 || [ -n "${!skip:-}" ]; then return 0; fi
   local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-  log "chromium not found: installing Debian's chromium with apt (headless web page test)"
-  if ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null 2>&1 ||
+  log "$package not found: installing Debian's $package with apt ($what)"
+  if ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $extra "$package" >/dev/null 2>&1 ||
          { DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq &&
-           DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null; }; }; then
-    log "warning: chromium could not be installed; the web page test will be skipped"
-  fi
-}
-
-ensure_promtool() {
-  # Debian's prometheus package brings promtool, which checks and unit-tests the alert rules in
-  # deploy/prometheus. Optional like Chromium: without it those two tests are skipped locally.
-  if command -v promtool >/dev/null 2>&1 || [ -n "${SKULENS_NO_PROMETHEUS:-}" ]; then return 0; fi
-  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-  log "promtool not found: installing Debian's prometheus with apt (alert rule tests)"
-  if ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 ||
-         { DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq &&
-           DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; }; then
-    log "warning: prometheus could not be installed; the alert rule tests will be skipped"
-  fi
-}
-
-ensure_redis() {
-  # Debian's redis-server: the Redis online feature store is tested against a real server that the
-  # test starts on loopback. Optional like Chromium: without it that test is skipped locally.
-  if command -v redis-server >/dev/null 2>&1 || [ -n "${SKULENS_NO_REDIS:-}" ]; then return 0; fi
-  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
-  log "redis-server not found: installing Debian's redis-server with apt (online store tests)"
-  if ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 ||
-         { DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq &&
-           DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }; }; then
-    log "warning: redis-server could not be installed; the Redis online store test will be skipped"
+           DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $extra "$package" >/dev/null; }; }; then
+    log "warning: $package could not be installed; the $what will be skipped"
   fi
 }
 
@@ -93,9 +70,10 @@ if [ "${1:-}" = "--check" ]; then
   log "environment needs set-up ($VENV)"; exit 1
 fi
 ensure_java
-ensure_chromium
-ensure_promtool
-ensure_redis
+ensure_debian_package chromium "command -v chromium" SKULENS_NO_CHROMIUM "headless browser tests" recommends
+ensure_debian_package prometheus "command -v promtool" SKULENS_NO_PROMETHEUS "alert rule and Prometheus tests"
+ensure_debian_package redis-server "command -v redis-server" SKULENS_NO_REDIS "Redis store tests"
+ensure_debian_package postgresql "ls /usr/lib/postgresql/*/bin/postgres" SKULENS_NO_POSTGRES "production-profile test"
 if up_to_date; then
   log "environment up to date ($VENV)"
   exit 0

@@ -51,8 +51,10 @@ def _pg_binary(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    candidate = PG_BIN / name
-    return str(candidate) if candidate.is_file() else None
+    for folder in sorted(PG_BIN.parent.parent.glob("*/bin"), reverse=True):  # Debian's /usr/lib/postgresql/N/bin
+        if (folder / name).is_file():
+            return str(folder / name)
+    return None
 
 
 @contextlib.contextmanager
@@ -62,12 +64,18 @@ def postgres(folder: Path, databases: tuple[str, ...] = ("skulens", "airflow", "
     initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
     if initdb is None or pg_ctl is None:
         _missing("PostgreSQL", "postgresql")
-    data, port = folder / "pgdata", free_port()
-    folder.mkdir(parents=True, exist_ok=True)
     as_user: list[str] = []
     if os.geteuid() == 0:
+        # The server refuses to run as root: it runs as ``postgres``, in a folder that user can
+        # reach (pytest's temporary folders are private to root).
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="skulens-pg-"))
+        os.chmod(folder, 0o755)
         shutil.chown(folder, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
+    folder.mkdir(parents=True, exist_ok=True)
+    data, port = folder / "pgdata", free_port()
     password = folder / "pwfile"
     password.write_text("skulens\n")
     if as_user:
@@ -90,6 +98,8 @@ def postgres(folder: Path, databases: tuple[str, ...] = ("skulens", "airflow", "
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True,
                        timeout=120)
+        if as_user:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

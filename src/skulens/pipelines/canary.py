@@ -81,12 +81,19 @@ def check_gates(canary: Summary, control: Summary, rules: Any, *, final: bool = 
         failed.append(f"zero-result rate {canary.zero_result_rate:.3f} vs control {control.zero_result_rate:.3f}")
     if control.clicks >= rules.min_clicks and control.ctr > 0 and canary.requests and control.requests:
         drop = 1 - canary.ctr / control.ctr
-        spread = (canary.ctr * (1 - canary.ctr) / canary.requests
-                  + control.ctr * (1 - control.ctr) / control.requests) ** 0.5
-        z = (control.ctr - canary.ctr) / max(spread, 1e-9)
+        z = _ctr_drop_z(canary, control)
         if drop > rules.max_ctr_drop and z > (2.5 if final else 4.0):
             failed.append(f"CTR {canary.ctr:.3f} vs control {control.ctr:.3f} ({drop:.0%} lower, z {z:.1f})")
     return failed
+
+
+def _ctr_drop_z(canary: Summary, control: Summary) -> float:
+    """Two-proportion z of control's CTR over the canary's, with the pooled rate under "no
+    difference": the canary's own observed rate would shrink its variance exactly when few of its
+    early requests were clicked, and roll back a good canary on small-sample noise."""
+    pooled = (canary.clicks + control.clicks) / (canary.requests + control.requests)
+    spread = (pooled * (1 - pooled) * (1 / canary.requests + 1 / control.requests)) ** 0.5
+    return (control.ctr - canary.ctr) / max(spread, 1e-9)
 
 
 def deploy_canary(settings: Any, challenger: VariantSpec, *, rollout_id: str | None = None,

@@ -75,14 +75,11 @@ def _create_engine(url: str):  # noqa: ANN202
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 60})
-
-        @sa.event.listens_for(engine, "connect")
-        def _wal(dbapi_connection, _record):  # noqa: ANN001, ANN202 - readers never wait for the writer
-            dbapi_connection.execute("pragma journal_mode=wal")
+        _retry_locked(lambda: _use_wal(engine))
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
     try:
-        _table().metadata.create_all(engine, checkfirst=True)
+        _retry_locked(lambda: _table().metadata.create_all(engine, checkfirst=True))
     except sa.exc.OperationalError:
         # Another process created it between the check and the create: fine if it exists now.
         if not sa.inspect(engine).has_table(_table().name):
@@ -91,6 +88,28 @@ def _create_engine(url: str):  # noqa: ANN202
         if not sa.inspect(engine).has_table(_table().name):
             raise
     return engine
+
+
+def _use_wal(engine) -> None:  # noqa: ANN001
+    """Write-ahead logging (persistent in the file), so readers never wait for the writer."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("pragma journal_mode=wal")
+
+
+def _retry_locked(action: Callable[[], Any], attempts: int = 40) -> Any:
+    """Run ``action``, retrying while SQLite says the database is locked: switching the journal
+    mode and some lock upgrades return SQLITE_BUSY at once instead of waiting out the busy
+    timeout, when two task processes start on a fresh file together."""
+    import sqlalchemy as sa
+
+    for attempt in range(attempts):
+        try:
+            return action()
+        except sa.exc.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.02 * (attempt + 1), 0.5))
+    return None
 
 
 def _upsert(settings: Settings, pipeline: str, run_id: str, name: str, entry: dict[str, Any]) -> None:
@@ -108,8 +127,11 @@ def _upsert(settings: Settings, pipeline: str, run_id: str, name: str, entry: di
     statement = statement.on_conflict_do_update(
         index_elements=["pipeline", "run_id", "stage"],
         set_={"entry": statement.excluded.entry, "updated_at": statement.excluded.updated_at})
-    with engine.begin() as connection:
-        connection.execute(statement)
+    def write() -> None:
+        with engine.begin() as connection:
+            connection.execute(statement)
+
+    _retry_locked(write)
 
 
 def read_log(settings: Settings, pipeline: str, run_id: str) -> dict[str, Any]:

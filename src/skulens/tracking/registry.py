@@ -110,7 +110,10 @@ def log_and_register(settings: Settings, *, kind: str, run_name: str, params: di
                                        pip_requirements=["skulens[ml]"])
         run_id = run.info.run_id
     _ensure_registered(mlc, name)
-    version = mlc.create_model_version(name, source=info.model_uri, run_id=run_id, description=card)
+    # model_id: an MLflow tracking server refuses a ``models:/m-...`` source without it (the local
+    # SQLite store accepts it), so registration works against both.
+    version = mlc.create_model_version(name, source=info.model_uri, run_id=run_id, description=card,
+                                       model_id=getattr(info, "model_id", None))
     mlc.set_registered_model_alias(name, CHALLENGER, version.version)
     return {"name": name, "version": int(version.version), "run_id": run_id, "model_uri": info.model_uri}
 
