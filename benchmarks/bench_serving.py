@@ -104,7 +104,7 @@ def scaled_home(n: int, sigma: float = 0.02) -> Path:
     index.save(version / "vector")
     print(f"vector index: {time.perf_counter() - started:.0f} s, recall@10 {index.manifest['recall@10']}", flush=True)
     started = time.perf_counter()
-    BM25Index.build(big, LexicalConfig(boosts=dict(settings.retrieval.lexical_boosts)), folder=version / "lexical")
+    BM25Index.build(big, LexicalConfig.from_settings(settings.retrieval), folder=version / "lexical")
     print(f"lexical index: {time.perf_counter() - started:.0f} s", flush=True)
     del pc
     (version / "manifest.json").write_text(json.dumps({

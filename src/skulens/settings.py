@@ -251,6 +251,9 @@ class RetrievalSettings(_Model):
     vector: VectorIndexSettings = Field(default_factory=VectorIndexSettings)
     lexical_boosts: dict[str, float] = Field(default_factory=lambda: {"title": 2.0, "attributes": 1.0,
                                                                       "category": 0.5})
+    # Canonical tokens added to titles and queries alike (units, sizes, dimensions, model numbers:
+    # skulens.retrieval.normalise.NORMALISERS); recorded in each lexical index's manifest.
+    lexical_normaliser: Literal["none", "measures"] = "measures"
     keep_versions: int = Field(3, ge=1)
     # Which runner embeds the catalogue in build_index: local (this process) or spark (mapInPandas on
     # spark.master; the same mapper, the same vectors).

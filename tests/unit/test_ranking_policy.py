@@ -105,3 +105,76 @@ def test_attribute_queries_split_train_and_test_apart():
     assert all(attribute_split(t) == "test" for t in test.values())
     some = next(iter(qrels.values()))
     assert set(some.values()) <= {1, 2, 3} and 3 in some.values()
+
+
+def _two_kinds_of_query(n: int = 200, seed: int = 0, telling: bool = True):
+    """Half the queries name a size ("pipe 3/4 in 12"): BM25 ranks their relevant product first and
+    the dense side buries it; for the other half ("garden hose 7") it is the other way round. No
+    single fusion weight serves both; a per-query weight read from the query can. ``telling=False``:
+    which side finds it is a coin toss that neither the text nor the BM25 scores reveal."""
+    rng = np.random.default_rng(seed)
+    texts, qrels, dense, lexical = {}, {}, {}, {}
+    for i in range(n):
+        q, good = f"q{i}", f"good{i}"
+        others = [f"o{i}_{j}" for j in range(20)]
+        sized = i % 2 == 0 if telling else bool(rng.integers(2))
+        texts[q] = (f"pipe 3/4 in {i}" if sized else f"garden hose {i}") if telling else f"query {i}"
+        shape = [10.0, *np.sort(rng.uniform(1, 9, 20))[::-1]]
+        found = [(d, float(s)) for d, s in zip([good, *others], shape, strict=True)]
+        buried = [(d, float(s)) for d, s in zip([*others[:15], good, *others[15:]], shape, strict=True)]
+        if telling and not sized:
+            buried = [(d, float(s)) for d, s in zip([*others[:15], good, *others[15:]],
+                                                    np.sort(rng.uniform(5, 10, 21))[::-1], strict=True)]
+        lexical[q], dense[q] = (found, buried) if sized else (buried, found)
+        qrels[q] = {good: 2}
+    return texts, qrels, dense, lexical
+
+
+def test_a_per_query_weight_is_learned_where_one_weight_cannot_serve_both_kinds_of_query():
+    from skulens.evaluation.ranking import learn_adaptive, learn_weight
+
+    texts, qrels, dense, lexical = _two_kinds_of_query()
+    single, _ = learn_weight(dense, lexical, qrels)
+    adaptive, measured = learn_adaptive(texts, dense, lexical, qrels)
+    assert adaptive is not None, measured
+    assert measured["cv_gain"] > 0.2 and measured["folds_won"] == 5
+    held_texts, held_qrels, held_dense, held_lexical = _two_kinds_of_query(60, seed=1)  # unseen queries
+    policy = RankingPolicy(fusion_weight=single, adaptive=adaptive)
+    for q in held_texts:
+        hits = policy.fuse(held_dense[q], held_lexical[q], held_texts[q])
+        assert hits[0][0] == f"good{q[1:]}", (held_texts[q], policy.weight_for(held_texts[q], held_lexical[q]))
+    # Without the query's text the single learned weight fuses, as before.
+    assert policy.weight_for(None, held_lexical["q0"]) == single
+
+
+def test_a_per_query_weight_that_does_not_beat_one_weight_on_held_out_folds_is_not_kept():
+    from skulens.evaluation.ranking import learn_adaptive
+
+    texts, qrels, dense, lexical = _two_kinds_of_query(telling=False)
+    adaptive, measured = learn_adaptive(texts, dense, lexical, qrels)
+    assert adaptive is None and measured["adaptive"].startswith("not kept"), measured
+    texts, qrels, dense, lexical = _two_kinds_of_query()
+    few, _ = learn_adaptive(dict(list(texts.items())[:20]), dense, lexical, qrels)
+    assert few is None
+
+
+def test_an_adaptive_policy_travels_with_the_version_and_decides_lexical_only_queries(tmp_path):
+    from skulens.evaluation.ranking import learn_adaptive
+
+    texts, qrels, dense, lexical = _two_kinds_of_query()
+    adaptive, _ = learn_adaptive(texts, dense, lexical, qrels)
+    policy = RankingPolicy(fusion_weight=0.5, adaptive=adaptive, learned_on="toy")
+    policy.save(tmp_path)
+    loaded = RankingPolicy.load(tmp_path)
+    assert loaded == policy and loaded.describe().startswith("fusion weight per query")
+    sized, plain = "q0", "q1"
+    assert loaded.weight_for(texts[sized], lexical[sized]) < 0.5 < loaded.weight_for(texts[plain], lexical[plain])
+    if loaded.weight_for(texts[sized], lexical[sized]) == 0.0:  # the dense side cannot change this page
+        assert loaded.lexical_decides(lexical[sized], 10, texts[sized]) is not None
+    assert loaded.lexical_decides(lexical[plain], 10, texts[plain]) is None
+    raw = policy.to_dict()
+    raw["adaptive"]["features"] = ["log_words"]
+    import pytest
+
+    with pytest.raises(ValueError, match="relearn the index version's ranking"):
+        RankingPolicy.from_dict(raw)

@@ -181,14 +181,16 @@ def reranker_scorer(settings: Settings, choice: str | None) -> tuple[Scorer | No
 def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table, cfg: EvalConfig,
                     rerank: Callable[[str, list[str]], np.ndarray] | None = None) -> dict[str, Any]:
     """Full-corpus and rerank-setting metrics of every retriever on a judged text catalogue."""
-    from skulens.evaluation.ranking import learn_weight
+    from skulens.evaluation.ranking import learn_adaptive, learn_weight
     from skulens.retrieval.encoders import make_encoder
     from skulens.retrieval.filters import FilterColumns
-    from skulens.retrieval.lexical import BM25Index
+    from skulens.retrieval.lexical import BM25Index, LexicalConfig
+    from skulens.retrieval.ranking import RankingPolicy
     from skulens.retrieval.retrievers import (
         DenseRetriever,
         HybridRetriever,
         LexicalRetriever,
+        PolicyRetriever,
         RerankedRetriever,
         SearchQuery,
     )
@@ -223,7 +225,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         ids = products.column("product_id").to_pylist()
 
     _progress(f"lexical index over {len(ids):,} titles")
-    lexical = BM25Index.build(products)
+    lexical = BM25Index.build(products, LexicalConfig.from_settings(settings.retrieval))
     _progress(f"encoding {len(ids):,} titles with {cfg.encoder}")
     encoder = make_encoder(cfg.encoder)
     vectors = encoder.encode_texts([titles[i] for i in ids])
@@ -235,27 +237,33 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
 
     _progress(f"learning the fusion weight on {len(train):,} training queries")
     train_q = [SearchQuery(text=q) for q in train]
-    weight, tried = learn_weight(dict(zip(train, dense.search_batch(train_q, cfg.depth), strict=True)),
-                                 dict(zip(train, bm25.search_batch(train_q, cfg.depth), strict=True)),
-                                 {q: qrels[q] for q in train})
+    train_dense = dict(zip(train, dense.search_batch(train_q, cfg.depth), strict=True))
+    train_lexical = dict(zip(train, bm25.search_batch(train_q, cfg.depth), strict=True))
+    weight, tried = learn_weight(train_dense, train_lexical, {q: qrels[q] for q in train})
+    adaptive, adaptive_measured = learn_adaptive({q: q for q in train}, train_dense, train_lexical,
+                                                 {q: qrels[q] for q in train})
     retrievers: dict[str, Any] = {
         "bm25": bm25, "dense": dense,
         "hybrid_rrf": HybridRetriever(dense, bm25, "rrf", depth=cfg.depth),
         "hybrid_weighted": HybridRetriever(dense, bm25, "weighted", weight=weight, depth=cfg.depth),
     }
+    if adaptive is not None:
+        retrievers["hybrid_adaptive"] = PolicyRetriever(
+            dense, bm25, RankingPolicy(fusion_weight=weight, adaptive=adaptive), cfg.depth, "hybrid_adaptive")
+    fused_name = "hybrid_adaptive" if adaptive is not None else "hybrid_weighted"
     blend, blend_scores = None, {}
     if rerank is not None:
         # The reranker's share is learned like the fusion weight, on (a few hundred) training queries.
         tune = train[:300]
         tune_q = [SearchQuery(text=q) for q in tune]
         _progress(f"learning the reranker blend on {len(tune)} training queries")
-        base = retrievers["hybrid_weighted"].search_batch(tune_q, cfg.rerank_depth)
-        scored = RerankedRetriever(retrievers["hybrid_weighted"], rerank, titles, depth=cfg.rerank_depth)
+        base = retrievers[fused_name].search_batch(tune_q, cfg.rerank_depth)
+        scored = RerankedRetriever(retrievers[fused_name], rerank, titles, depth=cfg.rerank_depth)
         reranked = [scored._rerank(q, hits, cfg.rerank_depth) for q, hits in zip(tune_q, base, strict=True)]
         blend, blend_scores = learn_weight(dict(zip(tune, reranked, strict=True)), dict(zip(tune, base, strict=True)),
                                            {q: qrels[q] for q in tune})
-        retrievers["hybrid_weighted+rerank"] = RerankedRetriever(retrievers["hybrid_weighted"], rerank, titles,
-                                                                 depth=cfg.rerank_depth, blend=blend)
+        retrievers[f"{fused_name}+rerank"] = RerankedRetriever(retrievers[fused_name], rerank, titles,
+                                                               depth=cfg.rerank_depth, blend=blend)
     variants = {"clean": {q: q for q in test}}
     if cfg.noisy:
         noise = random.Random(cfg.seed + 1)
@@ -281,6 +289,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         "corpus": {"products": len(ids), "encoder": cfg.encoder, "vector_index": store.manifest.get("config", {})
                    .get("kind"), "index_recall@10": store.manifest.get("recall@10")},
         "relevant_grade": relevant, "fusion_weight": weight, "fusion_weight_scores": tried,
+        "adaptive_fusion": adaptive_measured,
         "rerank_depth": cfg.rerank_depth, "rerank_blend": blend, "rerank_blend_scores": blend_scores,
         "full_corpus": full, "rerank_setting": rerank_setting,
         "seconds": round(time.perf_counter() - started, 1),

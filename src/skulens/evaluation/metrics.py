@@ -35,6 +35,18 @@ def evaluate(qrels: Qrels, run: Run, measures: Sequence[str]) -> dict[str, float
     return {m: (sum(per_query[m].values()) / len(judged)) if judged else 0.0 for m in measures}
 
 
+def per_query(qrels: Qrels, run: Run, measure: str) -> dict[str, float]:
+    """``measure`` of each judged query of ``qrels`` (0 for one missing from ``run``)."""
+    import ir_measures
+
+    judged = {q: docs for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
+    values = dict.fromkeys(judged, 0.0)
+    for metric in ir_measures.iter_calc([ir_measures.parse_measure(measure)], judged,
+                                        {q: run.get(q, {}) for q in judged}):
+        values[metric.query_id] = float(metric.value)
+    return values
+
+
 def zero_useful_rate(qrels: Qrels, run: Run, k: int = 10, min_grade: int = 1) -> float:
     """Share of judged queries with no document of grade >= ``min_grade`` in their top ``k``: the
     complement of ir-measures' ``Success(rel=min_grade)@k`` over the queries that have one."""

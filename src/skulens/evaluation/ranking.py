@@ -102,14 +102,16 @@ def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[l
     lexical_hits = {q: lexical(texts[q], depth) for q in qids}
     weight, tried = learn_weight(dense_hits, lexical_hits, {q: qrels[q] for q in qids})
     measured: dict[str, Any] = {"queries": len(qids), "fusion_weight_nDCG@10": tried}
-    fused_policy = RankingPolicy(fusion_weight=weight, learned_on=source)
-    fused = {q: fused_policy.fuse(dense_hits[q], lexical_hits[q]) for q in qids}
+    adaptive, measured["adaptive_fusion"] = learn_adaptive({q: texts[q] for q in qids}, dense_hits, lexical_hits,
+                                                           qrels)
+    fused_policy = RankingPolicy(fusion_weight=weight, learned_on=source, adaptive=adaptive)
+    fused = {q: fused_policy.fuse(dense_hits[q], lexical_hits[q], texts[q]) for q in qids}
     fused_ndcg = _ndcg(qrels, fused, qids)
     measured["fused_nDCG@10"] = fused_ndcg
     if reranker is None:
         measured["rerank"] = "no reranker passed its gate: nothing to learn"
         return RankingPolicy(fusion_weight=weight, rerank_depth=max_depth, rerank_blend=0.0,
-                             learned_on=source, measured=measured)
+                             learned_on=source, measured=measured, adaptive=adaptive)
     # Each query's head is scored once, at the deepest depth tried; shallower depths reuse it.
     scored = {q: np.asarray(reranker(texts[q], [titles.get(p, "") for p, _ in fused[q][:max_depth]]), dtype=float)
               for q in qids}
@@ -117,7 +119,8 @@ def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[l
     grid: dict[str, float] = {}
     for d in sorted({min(d, max_depth) for d in (10, 20, 30, max_depth)}):
         for blend in BLENDS:
-            policy = RankingPolicy(fusion_weight=weight, rerank_depth=d, rerank_blend=float(blend), learned_on=source)
+            policy = RankingPolicy(fusion_weight=weight, rerank_depth=d, rerank_blend=float(blend), learned_on=source,
+                                   adaptive=adaptive)
             run = {q: policy.rerank(fused[q][:d], scored[q][:len(fused[q][:d])]) + fused[q][d:] for q in qids}
             score = _ndcg(qrels, run, qids)
             grid[f"depth {d}, blend {blend}"] = round(score, 5)
@@ -125,7 +128,7 @@ def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[l
                 best = (score, d, float(blend))
     measured.update({"rerank_grid_nDCG@10": grid, "reranked_nDCG@10": best[0]})
     return RankingPolicy(fusion_weight=weight, rerank_depth=best[1], rerank_blend=best[2], learned_on=source,
-                         measured=measured)
+                         measured=measured, adaptive=adaptive)
 
 
 def _ndcg(qrels: Qrels, runs: Mapping[str, Hits], qids: Sequence[str]) -> float:
@@ -160,3 +163,97 @@ def ranking_queries(settings: Any, catalog: str, products: pa.Table, limit: int 
         return texts, qrels, (f"{len(texts)} {_SPLIT_WORD[split]} attribute-derived queries (<gender> <colour> "
                               f"<article type>) over the {catalog} catalogue, not real shopper queries")
     return None
+
+
+def per_weight_ndcg(dense: Mapping[str, Hits], lexical: Mapping[str, Hits], qrels: Qrels, qids: Sequence[str],
+                    grid: Sequence[float]) -> np.ndarray:
+    """nDCG@10 of each query (rows) fused at each weight of ``grid`` (columns)."""
+    from skulens.evaluation.metrics import per_query
+
+    matrix = np.zeros((len(qids), len(grid)))
+    judged = {q: dict(qrels[q]) for q in qids}
+    for j, w in enumerate(grid):
+        runs = {q: weighted(dense.get(q, []), lexical.get(q, []), float(w)) for q in qids}
+        run = {q: {pid: float(len(hits) - rank) for rank, (pid, _) in enumerate(hits)} for q, hits in runs.items()}
+        values = per_query(judged, run, "nDCG@10")
+        matrix[:, j] = [values.get(q, 0.0) for q in qids]
+    return matrix
+
+
+def fit_adaptive(features: np.ndarray, gains: np.ndarray, grid: Sequence[float], *, l2: float = 0.01):
+    """A softmax policy over ``grid`` that maximises the expected gain (``gains[q, j]``: query q's
+    nDCG@10 at weight j) from standardised ``features``, with an L2 penalty on the feature weights
+    (L-BFGS). It starts from the single best weight, so a weak signal leaves that choice in place."""
+    from scipy.optimize import minimize
+
+    from skulens.retrieval.ranking import AdaptiveWeight
+
+    mean = features.mean(axis=0)
+    scale = np.where(features.std(axis=0) > 1e-9, features.std(axis=0), 1.0)
+    x = (features - mean) / scale
+    n, d = x.shape
+    k = len(grid)
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        coef, bias = theta[:d * k].reshape(d, k), theta[d * k:]
+        logits = x @ coef + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        expected = (p * gains).sum(axis=1, keepdims=True)
+        grad_logits = p * (gains - expected) / n  # d(mean expected gain)/d(logits)
+        value = -float(expected.mean()) + 0.5 * l2 * float((coef ** 2).sum())
+        grad = np.concatenate([(-(x.T @ grad_logits) + l2 * coef).ravel(), -grad_logits.sum(axis=0)])
+        return value, grad
+
+    start_bias = 10.0 * (gains.mean(axis=0) - gains.mean(axis=0).max()) / max(float(gains.std()), 1e-6)
+    theta = minimize(objective, np.concatenate([np.zeros(d * k), start_bias]), jac=True, method="L-BFGS-B",
+                     options={"maxiter": 500}).x
+    coef, bias = theta[:d * k].reshape(d, k), theta[d * k:]
+    return AdaptiveWeight(grid=tuple(float(w) for w in grid), mean=tuple(float(v) for v in mean),
+                          scale=tuple(float(v) for v in scale), coef=tuple(tuple(float(v) for v in r) for r in coef),
+                          bias=tuple(float(v) for v in bias))
+
+
+def learn_adaptive(texts: Mapping[str, str], dense: Mapping[str, Hits], lexical: Mapping[str, Hits], qrels: Qrels,
+                   *, grid: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2)), folds: int = 5,
+                   min_gain: float = 0.003, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """A per-query fusion weight, kept only if it beats the single best weight on held-out folds.
+
+    The training queries are split in ``folds``; on each, a policy fitted on the others is compared
+    with the single weight that is best on the others. The adaptive policy (then fitted on every
+    query) is returned only when its mean nDCG@10 over the held-out folds is at least ``min_gain``
+    above the single weight's and it wins in most folds; else None. The second value says what was
+    measured either way."""
+    from skulens.retrieval.ranking import query_features
+
+    qids = [q for q in texts if qrels.get(q)]
+    if len(qids) < 10 * folds:
+        return None, {"adaptive": f"not learned: {len(qids)} training queries, fewer than {10 * folds}"}
+    features = np.stack([query_features(texts[q], lexical.get(q, [])) for q in qids])
+    gains = per_weight_ndcg(dense, lexical, qrels, qids, grid)
+    order = np.random.default_rng(seed).permutation(len(qids))
+    adaptive_scores, single_scores = [], []
+    for fold in range(folds):
+        held = order[fold::folds]
+        fit = np.setdiff1d(order, held)
+        policy = fit_adaptive(features[fit], gains[fit], grid)
+        chosen = np.argmax(policy.scores(features[held]), axis=1)
+        adaptive_scores.append(float(gains[held, chosen].mean()))
+        single_scores.append(float(gains[held, int(np.argmax(gains[fit].mean(axis=0)))].mean()))
+    gain = float(np.mean(adaptive_scores) - np.mean(single_scores))
+    wins = sum(a > s for a, s in zip(adaptive_scores, single_scores, strict=True))
+    measured = {"queries": len(qids), "folds": folds, "cv_adaptive_nDCG@10": round(float(np.mean(adaptive_scores)), 5),
+                "cv_single_weight_nDCG@10": round(float(np.mean(single_scores)), 5), "cv_gain": round(gain, 5),
+                "folds_won": wins, "oracle_nDCG@10": round(float(gains.max(axis=1).mean()), 5),
+                "min_gain": min_gain}
+    if gain < min_gain or wins <= folds // 2:
+        measured["adaptive"] = (f"not kept: {gain:+.4f} nDCG@10 over the single weight on held-out folds "
+                                f"(needs {min_gain:+.4f}, won {wins} of {folds})")
+        return None, measured
+    policy = fit_adaptive(features, gains, grid)
+    chosen = np.argmax(policy.scores(features), axis=1)
+    measured["adaptive"] = (f"kept: {gain:+.4f} nDCG@10 over the single weight on held-out folds "
+                            f"(won {wins} of {folds})")
+    measured["weights_chosen"] = {f"{w:g}": int((chosen == j).sum()) for j, w in enumerate(grid)}
+    return policy, measured

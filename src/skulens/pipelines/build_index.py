@@ -194,7 +194,7 @@ def build_lexical(settings: Settings, run_id: str) -> dict[str, Any]:
         # updates into it).
         products = _snapshot(settings, run_id)
         folder = _staging(settings, catalog, run_id)
-        index = BM25Index.build(products, LexicalConfig(boosts=dict(settings.retrieval.lexical_boosts)),
+        index = BM25Index.build(products, LexicalConfig.from_settings(settings.retrieval),
                                 folder=folder / "lexical")
         out.update(documents=index.documents, engine=index.manifest["engine"], build_s=index.manifest["build_s"],
                    boosts=dict(index.config.boosts))

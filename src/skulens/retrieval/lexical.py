@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from skulens.retrieval.filters import Filters
+from skulens.retrieval.normalise import normaliser, unchanged
 
 DEFAULT_BOOSTS = {"title": 2.0, "attributes": 1.0, "category": 0.5}
 TEXT_FIELDS = ("title", "attributes", "category")
@@ -40,6 +41,15 @@ class LexicalConfig:
     # "drill") or "default" (lower-case only). Measured: docs/benchmarks/lexical.md.
     tokenizer: str = "en_stem"
     writer_heap_mb: int = 200
+    # Canonical tokens added to titles, attributes and queries (skulens.retrieval.normalise): "none"
+    # for indexes built before it existed, so each version is queried as it was indexed.
+    normaliser: str = "none"
+
+    @classmethod
+    def from_settings(cls, retrieval: Any) -> LexicalConfig:
+        """The configuration ``retrieval`` settings ask for (boosts and normaliser): what build_index
+        indexes with and what ``skulens eval`` measures."""
+        return cls(boosts=dict(retrieval.lexical_boosts), normaliser=retrieval.lexical_normaliser)
 
 
 def _schema(config: LexicalConfig):  # noqa: ANN202 - tantivy.Schema
@@ -98,6 +108,7 @@ class BM25Index:
         self.index.reload()
         self._searcher = index.searcher()
         self._analyse = analyzer(config).analyze
+        self._normalise = normaliser(config.normaliser)
 
     @property
     def documents(self) -> int:
@@ -116,6 +127,7 @@ class BM25Index:
             raise ValueError(f"unknown lexical field {', '.join(unknown)}; known: {', '.join(TEXT_FIELDS)}")
         if not any(b > 0 for b in config.boosts.values()):
             raise ValueError("at least one lexical field needs a positive boost")
+        normalise = normaliser(config.normaliser)
         started = time.perf_counter()
         if folder is not None:
             (folder / "tantivy").mkdir(parents=True, exist_ok=True)
@@ -126,6 +138,7 @@ class BM25Index:
         tokens = dict.fromkeys(TEXT_FIELDS, 0)
         analyse = analyzer(config).analyze
         for doc in documents:
+            doc = _normalised(doc, normalise)
             writer.add_document(_document(doc))
             count += 1
             for name in TEXT_FIELDS:
@@ -148,7 +161,8 @@ class BM25Index:
         (product ids) as a prohibited clause; None when the text has no words."""
         import tantivy
 
-        words = [w.lower() for w in _WORD.findall(text or "")]  # no query syntax, no AND/OR operators
+        # No query syntax, no AND/OR operators: the words of the normalised text.
+        words = [w.lower() for w in _WORD.findall(self._normalise(text or ""))]
         if not words:
             return None
         fields = [f for f, b in self.config.boosts.items() if b > 0]
@@ -187,7 +201,7 @@ class BM25Index:
         import math
 
         analyse = self._analyse
-        terms = sorted(set(analyse(" ".join(w.lower() for w in _WORD.findall(query or "")))))
+        terms = sorted(set(analyse(" ".join(w.lower() for w in _WORD.findall(self._normalise(query or ""))))))
         if not terms or not documents:
             return [0.0] * len(documents)
         avg = self.manifest.get("avg_tokens") or {}
@@ -196,7 +210,7 @@ class BM25Index:
         for name, boost in self.config.boosts.items():
             if boost <= 0:
                 continue
-            fields = [analyse(d.get(name) or "") for d in documents]
+            fields = [analyse(_normalised(d, self._normalise).get(name) or "") for d in documents]
             avgdl = avg.get(name) or (sum(map(len, fields)) / len(fields)) or 1.0
             for term in terms:
                 df = self.doc_frequency(term, name) + sum(term in f for f in fields)
@@ -219,6 +233,13 @@ class BM25Index:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         config = LexicalConfig(**manifest["config"])
         return cls(tantivy.Index.open(str(folder / "tantivy")), config, manifest)
+
+
+def _normalised(doc: Mapping[str, Any], normalise: Callable[[str], str]) -> Mapping[str, Any]:
+    """``doc`` with its title and attributes normalised (the other fields as they are)."""
+    if normalise is unchanged:
+        return doc
+    return {**doc, **{name: normalise(doc[name]) for name in ("title", "attributes") if doc.get(name)}}
 
 
 def _filter_clauses(schema: Any, filters: Filters | None) -> list[Any]:

@@ -133,6 +133,30 @@ class HybridRetriever(_Batched):
                 for q, d, lx in zip(queries, dense, lexical, strict=True)]
 
 
+class PolicyRetriever(HybridRetriever):
+    """Dense + lexical candidates fused as an index version's :class:`RankingPolicy` fuses them (a
+    per-query weight when it learned one): the service's fusion, for evaluation."""
+
+    def __init__(self, dense: DenseRetriever, lexical: LexicalRetriever, policy: Any, depth: int = 100,
+                 name: str = "hybrid_policy") -> None:
+        super().__init__(dense, lexical, "weighted", policy.fusion_weight, depth)
+        self.policy, self.name = policy, name
+
+    def search(self, query: SearchQuery, k: int = 10, exclude: Collection[str] = ()) -> Hits:
+        dense = self.dense.search(query, max(k, self.depth), exclude)
+        if not query.text:
+            return self._finish(dense, k)
+        return self._finish(self.policy.fuse(dense, self.lexical.search(query, max(k, self.depth), exclude),
+                                             query.text), k)
+
+    def search_batch(self, queries: Sequence[SearchQuery], k: int = 10) -> list[Hits]:
+        depth = max(k, self.depth)
+        dense = self.dense.search_batch(queries, depth)
+        lexical = self.lexical.search_batch(queries, depth)
+        return [self._finish(self.policy.fuse(d, lx, q.text) if q.text else d, k)
+                for q, d, lx in zip(queries, dense, lexical, strict=True)]
+
+
 class RerankedRetriever(_Batched):
     """Reorders the top ``depth`` of ``base`` with a scorer f(query text, candidate titles) -> scores.
 

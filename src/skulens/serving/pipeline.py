@@ -346,7 +346,7 @@ class SearchPipeline:
         decided, known_lexical = self._lexical_decides(text, request, filters, depth, exclude, want, stages)
         if decided is not None:
             vector = None
-            stages.append(StageReport("encode", 0.0, "skipped", "the index version's learned fusion weight is 0 "
+            stages.append(StageReport("encode", 0.0, "skipped", "the fusion weight learned for this query is 0 "
                                       "and BM25 fills the page: the dense side could not change it"))
         elif text:
             vector = stage("encode", encode, "lexical_only", None)
@@ -392,7 +392,7 @@ class SearchPipeline:
         if decided is not None and recovered_from is None:
             fused = decided[0]
         else:
-            fused = self.ranking.fuse(dense, lexical) if vector is not None and text else (dense or lexical)
+            fused = self.ranking.fuse(dense, lexical, text) if vector is not None and text else (dense or lexical)
         scores: dict[str, dict[str, float]] = {}
         for label, hits in (("dense", dense), ("bm25", lexical), ("fused", fused)):
             for pid, score in hits:
@@ -520,7 +520,8 @@ class SearchPipeline:
 
         Only for a text search whose page no rule reorders from deeper candidates (no pins for the
         query, no per-category cap): the page is then the one the full fusion gives."""
-        if not text or request.image is not None or self.ranking.fusion_weight != 0.0:
+        if not text or request.image is not None or (self.ranking.adaptive is None
+                                                     and self.ranking.fusion_weight != 0.0):
             return None, None
         if self.rules is not None and (self.rules.max_per_category > 0 or self.rules.pinned):
             return None, None
@@ -530,7 +531,7 @@ class SearchPipeline:
         except Exception:  # noqa: BLE001 - the full path runs (and reports) the lexical failure
             return None, None
         # Collapse looks two pages deep for near-duplicates, so twice the page must be decided.
-        fused = self.ranking.lexical_decides(lexical, 2 * want)
+        fused = self.ranking.lexical_decides(lexical, 2 * want, text)
         if fused is None:
             return None, lexical
         stages.append(StageReport("retrieve", _ms(t), "ok", "lexical only: the dense side could not change the page"))
