@@ -131,9 +131,13 @@ def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[l
                          measured=measured, adaptive=adaptive)
 
 
+def _rank_run(runs: Mapping[str, Hits], qids: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each query's hits scored by their rank (the order decides, never ties of fused scores)."""
+    return {q: {pid: float(len(runs[q]) - rank) for rank, (pid, _) in enumerate(runs[q])} for q in qids}
+
+
 def _ndcg(qrels: Qrels, runs: Mapping[str, Hits], qids: Sequence[str]) -> float:
-    run = {q: {pid: float(len(runs[q]) - rank) for rank, (pid, _) in enumerate(runs[q])} for q in qids}
-    return float(evaluate({q: dict(qrels[q]) for q in qids}, run, ["nDCG@10"])["nDCG@10"])
+    return float(evaluate({q: dict(qrels[q]) for q in qids}, _rank_run(runs, qids), ["nDCG@10"])["nDCG@10"])
 
 
 def ranking_queries(settings: Any, catalog: str, products: pa.Table, limit: int = 300, seed: int = 0,
@@ -174,8 +178,7 @@ def per_weight_ndcg(dense: Mapping[str, Hits], lexical: Mapping[str, Hits], qrel
     judged = {q: dict(qrels[q]) for q in qids}
     for j, w in enumerate(grid):
         runs = {q: weighted(dense.get(q, []), lexical.get(q, []), float(w)) for q in qids}
-        run = {q: {pid: float(len(hits) - rank) for rank, (pid, _) in enumerate(hits)} for q, hits in runs.items()}
-        values = per_query(judged, run, "nDCG@10")
+        values = per_query(judged, _rank_run(runs, qids), "nDCG@10")
         matrix[:, j] = [values.get(q, 0.0) for q in qids]
     return matrix
 

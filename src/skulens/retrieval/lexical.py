@@ -206,11 +206,12 @@ class BM25Index:
             return [0.0] * len(documents)
         avg = self.manifest.get("avg_tokens") or {}
         total = self.documents + len(documents)
+        documents = [_normalised(d, self._normalise) for d in documents]  # once, not once per field
         scores = [0.0] * len(documents)
         for name, boost in self.config.boosts.items():
             if boost <= 0:
                 continue
-            fields = [analyse(_normalised(d, self._normalise).get(name) or "") for d in documents]
+            fields = [analyse(d.get(name) or "") for d in documents]
             avgdl = avg.get(name) or (sum(map(len, fields)) / len(fields)) or 1.0
             for term in terms:
                 df = self.doc_frequency(term, name) + sum(term in f for f in fields)
