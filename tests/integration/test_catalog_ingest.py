@@ -166,9 +166,10 @@ def test_train_and_export_dag_registers_and_gates(settings_at, airflow_db):
     assert emb["parity"]["int8_served"] == {"text": True, "image": True}, emb["parity"]
     assert "fp32" in emb["parity"]["recall@10"]
     assert set(rr["test"]) == {"bm25", "bi_encoder_minilm", "cross_encoder"}
-    # The reranker is promoted only if it beats both baselines on the held-out judged candidates.
-    ce = rr["test"]["cross_encoder"]["nDCG@10"]
-    beats = ce > rr["test"]["bm25"]["nDCG@10"] and ce > rr["test"]["bi_encoder_minilm"]["nDCG@10"]
+    # The reranker is promoted only if, reranking BM25's top candidates from the whole catalogue with
+    # the blend learned on validation queries, it beats BM25's own order on the held-out queries.
+    full = latest["stages"]["evaluate_reranker"]["result"]["full_corpus"]
+    beats = full["cross_encoder"]["nDCG@10"] > full["bm25"]["nDCG@10"]
     assert rr["registered"]["name"] == "skulens-reranker" and rr["gate"]["promoted"] == beats, rr
     assert rr["gate"]["champion_after"] == (1 if beats else None)
     assert beats or any("does not beat baseline" in r for r in rr["gate"]["reasons"])

@@ -174,7 +174,9 @@ def test_reranker_trains_evaluates_and_exports(settings_at, home, tmp_path):
     _, pairs = home
     cfg = load_reranker_config("reranker-tiny", settings_at)
     trained = train_reranker(settings_at, cfg, pairs_dir=pairs, run_id="r1", out_dir=tmp_path / "rr")
-    assert 128 <= trained["data"]["train_pairs"] <= 200  # whole queries up to the limit
+    assert 128 <= trained["data"]["judged_pairs"] <= 200  # whole queries up to the limit
+    # BM25's unjudged candidates of the training queries join them
+    assert 0 < trained["data"]["retrieved_unjudged_pairs"] <= 3 * trained["data"]["train_queries"]
     scores = CrossEncoderReranker(trained["model_dir"]).score("cordless drill", ["DEWALT drill", "wood glue"])
     assert scores.shape == (2,)
     evaluated = evaluate_reranker(settings_at, cfg, model_dir=tmp_path / "rr" / "model", pairs_dir=pairs)
@@ -183,6 +185,10 @@ def test_reranker_trains_evaluates_and_exports(settings_at, home, tmp_path):
     # far below that, the evaluation itself would be broken; and it must tell the scorers apart.
     assert evaluated["test"]["bm25"]["nDCG@10"] > 0.85
     assert len({round(m["nDCG@10"], 6) for m in evaluated["test"].values()}) > 1
+    # the whole catalogue: BM25's top 10 of each held-out query as retrieved, and reranked
+    assert {"bm25", "cross_encoder", "cross_encoder_alone", "blend", "depth"} <= set(evaluated["full_corpus"])
+    assert evaluated["full_corpus"]["queries"]["val"] > 0  # the blend is learned on validation queries
+    assert evaluated["full_corpus"]["bm25"]["nDCG@10"] > 0.1
     decision = export_reranker_gated(tmp_path / "rr" / "model", tmp_path / "rr-onnx",
                                      groups=dict(list(test_groups(settings_at, cfg, pairs).items())[:5]),
                                      parity=settings_at.models.parity, max_length=cfg.max_length)

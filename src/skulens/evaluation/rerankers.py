@@ -3,9 +3,16 @@ cross-encoder, its baselines, its exported files."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from skulens.evaluation.metrics import evaluate, zero_useful_rate
+from skulens.retrieval.fusion import Hits
+from skulens.retrieval.ranking import RankingPolicy
+
+BLENDS = tuple(float(b) for b in np.round(np.linspace(0, 1, 11), 2))
 
 
 def grade_to_rel(grade: float) -> int:
@@ -26,3 +33,46 @@ def evaluate_rankers(groups: dict[str, list], scorers: dict[str, Any]) -> dict[s
         metrics["zero_useful@10"] = zero_useful_rate(qrels, run, k=10, min_grade=4)
         out[name] = metrics
     return out
+
+
+
+def _scores(qrels: dict[str, dict[str, int]], runs: dict[str, Hits]) -> dict[str, float]:
+    """nDCG@10, MRR and zero-useful@10 of rank-ordered runs (judged-only qrels: an unjudged result
+    counts as irrelevant, for every row alike)."""
+    run = {q: {p: float(len(hits) - i) for i, (p, _) in enumerate(hits)} for q, hits in runs.items()}
+    metrics = evaluate(qrels, run, ["nDCG@10", "RR(rel=4)"])
+    metrics["zero_useful@10"] = zero_useful_rate(qrels, run, k=10, min_grade=4)
+    return metrics
+
+
+def _heads(groups: dict[str, list], retrieve: Callable[[str, int], Hits], titles: dict[str, str],
+           scorer: Callable[[str, list[str]], np.ndarray], depth: int) -> dict[str, tuple[Hits, np.ndarray]]:
+    heads = {q: retrieve(q, depth) for q in groups}
+    return {q: (hits, np.asarray(scorer(q, [titles.get(p, "") for p, _ in hits]) if hits else [], dtype=float))
+            for q, hits in heads.items()}
+
+
+def evaluate_full_corpus(val: dict[str, list], test: dict[str, list], retrieve: Callable[[str, int], Hits],
+                         titles: dict[str, str], scorer: Callable[[str, list[str]], np.ndarray], depth: int
+                         ) -> dict[str, Any]:
+    """What the served reranker changes over the whole catalogue: each query's retrieved top
+    ``depth`` (``retrieve(query, k)``) reordered by ``scorer`` and blended with the retriever's
+    scores as serving does (:meth:`RankingPolicy.rerank`), the blend learned on the ``val`` queries
+    and measured on the ``test`` ones, against the retriever's own order (``bm25``) and the
+    scorer's order alone."""
+    def qrels(groups: dict[str, list]) -> dict[str, dict[str, int]]:
+        return {q: {p: grade_to_rel(g) for p, _, g in cands} for q, cands in groups.items()}
+
+    def reranked(heads: dict[str, tuple[Hits, np.ndarray]], blend: float) -> dict[str, Hits]:
+        policy = RankingPolicy(rerank_depth=depth, rerank_blend=blend)
+        return {q: policy.rerank(hits, scores) if hits else [] for q, (hits, scores) in heads.items()}
+
+    val_heads = _heads(val, retrieve, titles, scorer, depth)
+    tried = {float(b): _scores(qrels(val), reranked(val_heads, float(b)))["nDCG@10"] for b in BLENDS}
+    blend = max(tried, key=lambda b: (round(tried[b], 6), -b))  # ties: the smaller reranker share
+    test_heads = _heads(test, retrieve, titles, scorer, depth)
+    return {"bm25": _scores(qrels(test), {q: hits for q, (hits, _) in test_heads.items()}),
+            "cross_encoder": _scores(qrels(test), reranked(test_heads, blend)),
+            "cross_encoder_alone": _scores(qrels(test), reranked(test_heads, 1.0)),
+            "blend": blend, "blend_nDCG@10_val": tried, "depth": depth,
+            "queries": {"val": len(val), "test": len(test)}}

@@ -179,9 +179,15 @@ def register_reranker(settings: Settings, run_id: str, params: TrainParams) -> d
         evaluated = _previous(settings, run_id, "evaluate_reranker")
         metrics = _final_metrics(evaluated["test"], {"cross_encoder": "test_cross_encoder_", "bm25": "baseline_bm25_",
                                                      "bi_encoder_minilm": "baseline_bi_encoder_"})
+        full = evaluated.get("full_corpus", {})
+        metrics.update(_final_metrics(full, {"cross_encoder": "test_full_cross_encoder_", "bm25": "baseline_full_bm25_",
+                                             "cross_encoder_alone": "test_full_cross_encoder_alone_"}))
+        if "blend" in full:
+            metrics["test_full_rerank_blend"] = full["blend"]
         card = model_card(f"skulens-reranker (cross-encoder from MiniLM-L6, run {run_id})",
                           data={**trained["data"], **evaluated["data"]}, metrics=metrics, config=trained["config"],
-                          notes=("Scored over each held-out query's judged candidates (rerank setting).",))
+                          notes=("test_*: each held-out query's judged candidates (rerank setting); test_full_*: "
+                                 "BM25's top candidates from the whole catalogue, reranked, against BM25's order.",))
         out.update(log_and_register(
             settings, kind="reranker", run_name=f"reranker-{run_id}", params=trained["config"],
             history=trained["history"], final_metrics=metrics, artifacts={"model": trained["model_dir"]}, card=card,
@@ -229,6 +235,8 @@ def _headline(log: dict[str, Any]) -> dict[str, Any]:
         },
         "reranker": {
             "test": result("evaluate_reranker").get("test"),
+            "full_corpus": {k: result("evaluate_reranker").get("full_corpus", {}).get(k)
+                            for k in ("bm25", "cross_encoder", "cross_encoder_alone", "blend", "depth")},
             "parity": {k: result("export_reranker").get(k) for k in ("int8_served", "nDCG@10", "score_cosine",
                                                                      "reasons", "served")},
             "registered": {k: result("register_reranker").get(k) for k in ("name", "version")},

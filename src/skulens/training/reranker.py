@@ -22,9 +22,21 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from skulens.data.catalog import read_table
-from skulens.evaluation.rerankers import evaluate_rankers
+from skulens.evaluation.rerankers import evaluate_full_corpus, evaluate_rankers
 from skulens.models.reranker import CrossEncoderReranker
 from skulens.settings import Settings
+
+
+class NegativesConfig(BaseModel):
+    """Candidates the reranker will meet when served: the lexical retriever's top ``depth`` for each
+    training query. Those the judgments do not grade are added with the prior grade
+    ``unjudged_grade`` (1-3 scale): below a judged relevant item, not certainly irrelevant (an
+    unjudged item is unknown, not a negative)."""
+
+    model_config = ConfigDict(extra="forbid")
+    depth: int = Field(30, ge=1, le=1000)
+    per_query: int = Field(8, ge=1)
+    unjudged_grade: float = Field(1.5, ge=1, le=3)
 
 
 class RerankerTrainConfig(BaseModel):
@@ -44,6 +56,12 @@ class RerankerTrainConfig(BaseModel):
     loss: Literal["pointwise", "listwise"] = "pointwise"
     list_temperature: float = Field(0.5, gt=0)
     bce_weight: float = Field(0.5, ge=0)
+    # Retrieved, unjudged candidates of each training query (None: judged pairs only).
+    negatives: NegativesConfig | None = None
+    # Keep the first ``layers`` transformer layers of the base (None: all): a smaller, faster student.
+    layers: int | None = Field(None, ge=1)
+    # Full-corpus evaluation: the lexical retriever's top ``eval_depth`` of each held-out query, reranked.
+    eval_depth: int = Field(30, ge=1, le=1000)
     seed: int = 13
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -70,6 +88,33 @@ def judged_pairs(pairs_dir: Path, titles: dict[str, str], split: str) -> list[tu
     return sorted((q, p, titles[p], float(g)) for q, p, g in rows if p in titles and g is not None)
 
 
+
+
+def lexical_retriever(settings: Settings):  # noqa: ANN201 - Callable[[str, int], Hits]
+    """The served lexical retriever as f(query, k) -> hits: BM25 (tantivy) over the whole Home Depot
+    catalogue with the settings' field boosts and normaliser."""
+    from skulens.retrieval.lexical import BM25Index, LexicalConfig
+
+    index = BM25Index.build(read_table(settings, "homedepot", "products"),
+                            LexicalConfig.from_settings(settings.retrieval))
+    return lambda query, k: index.search(query, k=k)
+
+
+def with_retrieved_negatives(pairs: list[tuple[str, str, str, float]], candidates: dict[str, list[str]],
+                             titles: dict[str, str], cfg: NegativesConfig, seed: int
+                             ) -> tuple[list[tuple[str, str, str, float]], int]:
+    """``pairs`` plus up to ``cfg.per_query`` retrieved but unjudged candidates of each query, graded
+    ``cfg.unjudged_grade``; returns the pairs and how many were added."""
+    rng = random.Random(seed)
+    judged: dict[str, set[str]] = {}
+    for q, p, _, _ in pairs:
+        judged.setdefault(q, set()).add(p)
+    added = []
+    for q in sorted(judged):
+        unjudged = [p for p in candidates.get(q, []) if p not in judged[q] and p in titles]
+        for p in rng.sample(unjudged, min(cfg.per_query, len(unjudged))):
+            added.append((q, p, titles[p], cfg.unjudged_grade))
+    return sorted(pairs + added), len(added)
 
 
 def _grouped(pairs: list[tuple[str, str, str, float]], limit: int | None, seed: int) -> dict[str, list]:
@@ -190,10 +235,19 @@ def train_reranker(settings: Settings, cfg: RerankerTrainConfig, *, pairs_dir: P
     train = _subsample_by_query(judged_pairs(pairs_dir, titles, "train"), cfg.max_train_pairs, cfg.seed)
     if not train:
         raise ValueError(f"no training judgments in {pairs_dir}")
+    judged_count, unjudged_count = len(train), 0
+    if cfg.negatives is not None:
+        queries = sorted({q for q, *_ in train})
+        retrieve = lexical_retriever(settings)
+        candidates = {q: [p for p, _ in retrieve(q, cfg.negatives.depth)] for q in queries}
+        train, unjudged_count = with_retrieved_negatives(train, candidates, titles, cfg.negatives, cfg.seed)
 
     base = resolve(cfg.base, settings.home / "cache" / "models")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1).to(device)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    if cfg.layers is not None:
+        keep_first_layers(model, cfg.layers)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     steps = math.ceil(len(train) / cfg.batch_size) * cfg.epochs
     warmup = int(steps * cfg.warmup_fraction)
@@ -235,13 +289,24 @@ def train_reranker(settings: Settings, cfg: RerankerTrainConfig, *, pairs_dir: P
                                                                  "config": cfg.model_dump(mode="json")}, indent=2))
     result = {
         "run_id": run_id, "config": cfg.model_dump(mode="json"), "model_dir": str(model_dir), "device": device,
-        "data": {"train_pairs": len(train), "queries": "real Home Depot search queries with human relevance grades"},
+        "data": {"train_pairs": len(train), "judged_pairs": judged_count, "retrieved_unjudged_pairs": unjudged_count,
+                 "train_queries": len({q for q, *_ in train}),
+                 "queries": "real Home Depot search queries with human relevance grades"},
         "history": [{"epoch": e + 1, "train_loss": v} for e, v in enumerate(epoch_losses)],
         "train_loss_first_last": [losses[0], losses[-1]],
         "timings": {"train_s": round(train_s, 1), "total_s": round(time.perf_counter() - started, 1)},
     }
     (out_dir / "train.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def keep_first_layers(model, layers: int) -> None:  # noqa: ANN001
+    """Drop every transformer layer of a BERT-style ``model`` after the first ``layers`` (a student
+    that costs ``layers / n`` of the teacher per pair)."""
+    encoder = model.base_model.encoder
+    if layers < len(encoder.layer):
+        encoder.layer = encoder.layer[:layers]
+        model.config.num_hidden_layers = layers
 
 
 def product_titles(settings: Settings) -> dict[str, str]:
@@ -268,7 +333,12 @@ def evaluate_reranker(settings: Settings, cfg: RerankerTrainConfig, *, model_dir
     reranker = CrossEncoderReranker(model_dir, device=device, max_length=cfg.max_length)
     test = evaluate_rankers(groups, {"bm25": bm25_scorer(titles), "bi_encoder_minilm": bi_encoder_scorer(),
                                      "cross_encoder": reranker.score})
+    val = _grouped(judged_pairs(pairs_dir, titles, "val"), cfg.max_eval_queries, cfg.seed)
+    full = evaluate_full_corpus(val, groups, lexical_retriever(settings), titles, reranker.score, cfg.eval_depth)
     result = {"model_dir": str(model_dir), "test": test,
+              # Whole catalogue: BM25's top eval_depth in its order (bm25) and reranked with the blend
+              # learned on the validation queries (cross_encoder), as the service blends.
+              "full_corpus": full,
               "data": {"test_queries": len(groups), "test_pairs": sum(len(v) for v in groups.values()),
                        "queries": "real Home Depot search queries with human relevance grades"},
               "seconds": round(time.perf_counter() - started, 1)}
