@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from skulens.evaluation.metrics import evaluate, zero_useful_rate
+from skulens.evaluation.metrics import Qrels, Run, evaluate, zero_useful_rate
+from skulens.evaluation.ranking import BLENDS, _rank_run
 from skulens.retrieval.fusion import Hits
 from skulens.retrieval.ranking import RankingPolicy
-
-BLENDS = tuple(float(b) for b in np.round(np.linspace(0, 1, 11), 2))
 
 
 def grade_to_rel(grade: float) -> int:
@@ -20,29 +19,33 @@ def grade_to_rel(grade: float) -> int:
     return max(0, round((grade - 1.0) * 3))
 
 
+def _qrels(groups: dict[str, list]) -> Qrels:
+    return {q: {p: grade_to_rel(g) for p, _, g in cands} for q, cands in groups.items()}
+
+
+def _metrics(qrels: Qrels, run: Run) -> dict[str, float]:
+    """nDCG@10, MRR and zero-useful@10 (judged-only qrels: an unjudged result counts as irrelevant)."""
+    metrics = evaluate(qrels, run, ["nDCG@10", "RR(rel=4)"])
+    metrics["zero_useful@10"] = zero_useful_rate(qrels, run, k=10, min_grade=4)
+    return metrics
+
+
 def evaluate_rankers(groups: dict[str, list], scorers: dict[str, Any]) -> dict[str, dict[str, float]]:
     """nDCG@10 / MRR / zero-useful rate of each scorer over each query's judged candidates."""
-    qrels = {q: {p: grade_to_rel(g) for p, _, g in cands} for q, cands in groups.items()}
+    qrels = _qrels(groups)
     out = {}
     for name, scorer in scorers.items():
         run = {}
         for q, cands in groups.items():
             scores = scorer(q, [t for _, t, _ in cands])
             run[q] = {p: float(s) for (p, _, _), s in zip(cands, scores, strict=True)}
-        metrics = evaluate(qrels, run, ["nDCG@10", "RR(rel=4)"])
-        metrics["zero_useful@10"] = zero_useful_rate(qrels, run, k=10, min_grade=4)
-        out[name] = metrics
+        out[name] = _metrics(qrels, run)
     return out
 
 
-
-def _scores(qrels: dict[str, dict[str, int]], runs: dict[str, Hits]) -> dict[str, float]:
-    """nDCG@10, MRR and zero-useful@10 of rank-ordered runs (judged-only qrels: an unjudged result
-    counts as irrelevant, for every row alike)."""
-    run = {q: {p: float(len(hits) - i) for i, (p, _) in enumerate(hits)} for q, hits in runs.items()}
-    metrics = evaluate(qrels, run, ["nDCG@10", "RR(rel=4)"])
-    metrics["zero_useful@10"] = zero_useful_rate(qrels, run, k=10, min_grade=4)
-    return metrics
+def _scores(qrels: Qrels, runs: dict[str, Hits]) -> dict[str, float]:
+    """:func:`_metrics` of rank-ordered runs (the order decides, not the scores' scale)."""
+    return _metrics(qrels, _rank_run(runs, list(runs)))
 
 
 def _heads(groups: dict[str, list], retrieve: Callable[[str, int], Hits], titles: dict[str, str],
@@ -60,19 +63,17 @@ def evaluate_full_corpus(val: dict[str, list], test: dict[str, list], retrieve: 
     scores as serving does (:meth:`RankingPolicy.rerank`), the blend learned on the ``val`` queries
     and measured on the ``test`` ones, against the retriever's own order (``bm25``) and the
     scorer's order alone."""
-    def qrels(groups: dict[str, list]) -> dict[str, dict[str, int]]:
-        return {q: {p: grade_to_rel(g) for p, _, g in cands} for q, cands in groups.items()}
-
     def reranked(heads: dict[str, tuple[Hits, np.ndarray]], blend: float) -> dict[str, Hits]:
         policy = RankingPolicy(rerank_depth=depth, rerank_blend=blend)
         return {q: policy.rerank(hits, scores) if hits else [] for q, (hits, scores) in heads.items()}
 
     val_heads = _heads(val, retrieve, titles, scorer, depth)
-    tried = {float(b): _scores(qrels(val), reranked(val_heads, float(b)))["nDCG@10"] for b in BLENDS}
+    val_qrels, test_qrels = _qrels(val), _qrels(test)
+    tried = {float(b): _scores(val_qrels, reranked(val_heads, float(b)))["nDCG@10"] for b in BLENDS}
     blend = max(tried, key=lambda b: (round(tried[b], 6), -b))  # ties: the smaller reranker share
     test_heads = _heads(test, retrieve, titles, scorer, depth)
-    return {"bm25": _scores(qrels(test), {q: hits for q, (hits, _) in test_heads.items()}),
-            "cross_encoder": _scores(qrels(test), reranked(test_heads, blend)),
-            "cross_encoder_alone": _scores(qrels(test), reranked(test_heads, 1.0)),
+    return {"bm25": _scores(test_qrels, {q: hits for q, (hits, _) in test_heads.items()}),
+            "cross_encoder": _scores(test_qrels, reranked(test_heads, blend)),
+            "cross_encoder_alone": _scores(test_qrels, reranked(test_heads, 1.0)),
             "blend": blend, "blend_nDCG@10_val": tried, "depth": depth,
             "queries": {"val": len(val), "test": len(test)}}
