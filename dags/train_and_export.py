@@ -15,6 +15,8 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 TRAINING_PAIRS = Asset(name="skulens_training_pairs", uri="file:///skulens/pairs")
 CHAMPION_EMBEDDER = Asset(name="skulens_champion_embedder", uri="file:///skulens/models/skulens-embedder")
 CHAMPION_RERANKER = Asset(name="skulens_champion_reranker", uri="file:///skulens/models/skulens-reranker")
+CHAMPION_TEXT_ENCODER = Asset(name="skulens_champion_text_encoder",
+                              uri="file:///skulens/models/skulens-text-encoder")
 DRIFT = Asset(name="skulens_drift", uri="file:///skulens/reports/drift")
 
 DOC = """
@@ -31,6 +33,10 @@ For each model (two-tower **embedder**, cross-encoder **reranker**):
    drop); a failed parity serves the fp32 ONNX artefact and says why;
 5. **gate**: promotion to `champion` only if the gate rules of `models.gate` pass against the
    current champion; a refused challenger leaves the champion untouched.
+
+The dense **text encoder** (param `text_encoder_config`, empty by default) trains, evaluates
+against the packaged MiniLM and BM25 over the whole catalogue, registers, exports (ONNX, INT8 behind
+the parity gate) and gates the same way.
 
 **report** writes `SKULENS_HOME/reports/train_and_export/latest.json`, also when a stage failed.
 """
@@ -52,6 +58,7 @@ def _params():  # noqa: ANN202
     p = get_current_context()["params"]
     return TrainParams(config=p["config"], epochs=p.get("epochs"), max_train_products=p.get("max_train_products"),
                        reranker_config=p["reranker_config"], reranker_max_train_pairs=p.get("reranker_max_train_pairs"),
+                       text_encoder_config=p.get("text_encoder_config") or None,
                        parity_texts=p["parity_texts"], parity_images=p["parity_images"])
 
 
@@ -72,6 +79,8 @@ def _params():  # noqa: ANN202
         "reranker_config": Param("reranker", type="string", description="reranker training config"),
         "reranker_max_train_pairs": Param(None, type=["null", "integer"], minimum=1,
                                           description="override the reranker's training pairs"),
+        "text_encoder_config": Param(None, type=["null", "string"],
+                                     description="dense text encoder config (e.g. text-encoder); empty: not trained"),
         "parity_texts": Param(512, type="integer", minimum=8, description="held-out texts for the parity gate"),
         "parity_images": Param(256, type="integer", minimum=8, description="held-out photos for the parity gate"),
     },
@@ -137,6 +146,33 @@ def train_and_export():
 
         return _only_if_promoted(p.gate_reranker(_settings(), _run_id(), _params()))
 
+    @task
+    def train_text_encoder() -> dict:
+        from skulens.pipelines import train_and_export as p
+
+        out = p.train_text_encoder(_settings(), _run_id(), _params())
+        return {"skipped": out["skipped"]} if "skipped" in out else {"best_epoch": out["best_epoch"]}
+
+    @task
+    def register_text_encoder(_: dict) -> dict:
+        from skulens.pipelines import train_and_export as p
+
+        return {"version": p.register_text_encoder(_settings(), _run_id(), _params()).get("version")}
+
+    @task(retries=0)
+    def export_text_encoder(_: dict) -> dict:
+        from skulens.pipelines import train_and_export as p
+
+        return {"int8_served": p.export_text_encoder(_settings(), _run_id(), _params()).get("int8_served")}
+
+    @task(retries=0, outlets=[CHAMPION_TEXT_ENCODER])
+    def gate_text_encoder(_: dict) -> dict:
+        from skulens.pipelines import train_and_export as p
+
+        decision = p.gate_text_encoder(_settings(), _run_id(), _params())
+        return _only_if_promoted({"promoted": False, "reasons": [decision["skipped"]]} if "skipped" in decision
+                                 else decision)
+
     @task(retries=0, trigger_rule="all_done")
     def report() -> dict:
         from skulens.pipelines import train_and_export as p
@@ -154,7 +190,8 @@ def train_and_export():
 
     embedder = gate_embedder(export_embedder(register_embedder(evaluate_embedder(train_embedder()))))
     reranker = gate_reranker(export_reranker(register_reranker(evaluate_reranker(train_reranker()))))
-    [embedder, reranker] >> report()
+    text_encoder = gate_text_encoder(export_text_encoder(register_text_encoder(train_text_encoder())))
+    [embedder, reranker, text_encoder] >> report()
 
 
 train_and_export()

@@ -213,7 +213,9 @@ class ModelsSettings(_Model):
     embedder: str = "skulens-embedder"
     reranker: str = "skulens-reranker"
     ranker: str = "skulens-ranker"
-    gate: dict[Literal["embedder", "reranker", "ranker"], list[GateRule]] = Field(default_factory=dict)
+    text_encoder: str = "skulens-text-encoder"
+    gate: dict[Literal["embedder", "reranker", "ranker", "text_encoder"], list[GateRule]] = \
+        Field(default_factory=dict)
     parity: ParitySettings = Field(default_factory=ParitySettings)
     # ONNX Runtime provider (skulens.models.onnx): auto = CUDA where available, else CPU.
     onnx_device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -258,6 +260,9 @@ class RetrievalSettings(_Model):
     # Which runner embeds the catalogue in build_index: local (this process) or spark (mapInPandas on
     # spark.master; the same mapper, the same vectors).
     embed_runner: Literal["local", "spark"] = "local"
+    # The dense side of a catalogue without photos: the fine-tuned text-encoder champion when one
+    # passed its gate (champion; else the two-tower's text tower), or always the two-tower.
+    text_encoder: Literal["champion", "two_tower"] = "champion"
     # POST target of notify_serving (the service's /admin/reload); the admin key is read from the
     # environment variable serving.admin_key_env names. A RELOAD marker is always written too.
     reload_url: str | None = None

@@ -144,7 +144,7 @@ def test_train_and_export_dag_registers_and_gates(settings_at, airflow_db):
     from skulens.tracking.registry import CHAMPION, alias_version
 
     conf = {"config": "offline", "epochs": 4, "max_train_products": 1500, "reranker_config": "reranker-tiny",
-            "parity_texts": 512, "parity_images": 512}
+            "text_encoder_config": "text-encoder-tiny", "parity_texts": 512, "parity_images": 512}
     run = _dag("train_and_export").test(run_conf=conf)
     latest = json.loads((settings_at.reports_dir / "train_and_export" / "latest.json").read_text())
     assert run.state == DagRunState.SUCCESS, latest.get("error")
@@ -175,6 +175,20 @@ def test_train_and_export_dag_registers_and_gates(settings_at, airflow_db):
     assert beats or any("does not beat baseline" in r for r in rr["gate"]["reasons"])
     assert alias_version(settings_at, "skulens-embedder", CHAMPION) == 1
     assert alias_version(settings_at, "skulens-reranker", "challenger") == 1
+    # The dense text encoder: measured against the packaged MiniLM (alone and fused with BM25) and
+    # BM25 over the catalogue, and promoted exactly when it beats all three.
+    te = latest["summary"]["text_encoder"]
+    assert te["skipped"] is None and te["registered"] == {"name": "skulens-text-encoder", "version": 1}
+    tuned, minilm, bm25 = te["test"]["tuned"], te["test"]["packaged_minilm"], te["test"]["bm25"]
+    assert minilm["dense"]["nDCG@10"] > 0.1  # the packaged model finds something: the harness works
+    wins = (tuned["dense"]["nDCG@10"] > minilm["dense"]["nDCG@10"]
+            and tuned["hybrid"]["nDCG@10"] > max(minilm["hybrid"]["nDCG@10"], bm25["nDCG@10"]))
+    assert te["gate"]["promoted"] == wins, te
+    assert wins or any("does not beat baseline" in r for r in te["gate"]["reasons"])
+    # Exported: the fp32 ONNX file reproduces PyTorch, and the served file is one the gate chose.
+    assert te["parity"]["fp32_vs_torch_cosine"] > 0.999, te["parity"]
+    assert te["parity"]["served"].endswith(".onnx") and (te["parity"]["int8_variant"] is not None) == \
+        te["parity"]["int8_served"]
 
 
 def test_build_index_dag_publishes_and_rolls_back(settings_at, airflow_db, monkeypatch):

@@ -194,6 +194,15 @@ def test_reranker_trains_evaluates_and_exports(settings_at, home, tmp_path):
                                      parity=settings_at.models.parity, max_length=cfg.max_length)
     assert decision["score_corr"] > 0.9
     assert decision["served"] in (decision["fp32"], decision["int8"])
+    # All-INT8 is tried first (fastest), FFN-fp32 only when it fails; the first that passes serves.
+    variants = list(decision["candidates"])
+    assert variants[0] == "dynamic" and set(variants) <= {"dynamic", "dynamic_ffn_fp32"}
+    assert decision["int8_served"] == (decision["int8_variant"] is not None)
+    if decision["int8_served"]:
+        assert decision["candidates"][decision["int8_variant"]]["reasons"] == [] and decision["reasons"] == []
+        assert decision["served"] == decision["candidates"][decision["int8_variant"]]["path"]
+    else:
+        assert variants == ["dynamic", "dynamic_ffn_fp32"] and len(decision["reasons"]) >= 2
 
 
 def test_registry_promotes_first_and_refuses_a_worse_challenger(settings_at, tmp_path):

@@ -56,6 +56,31 @@ def test_learning_picks_the_better_side_and_a_useful_reranker():
     assert policy.learned and policy.learned_on == "toy"
 
 
+def test_rerank_depth_is_learned_only_among_depths_that_fit_the_latency_budget():
+    import time
+
+    texts, qrels, dense, lexical, encode = _fixtures()
+    titles = {d: d for d in DOCS}
+
+    def slow_oracle(text, cands):  # 2 ms a candidate
+        time.sleep(0.002 * len(cands))
+        i = int(text.split()[1])
+        return np.array([2.0 if t == f"d{i}" else 1.0 if t == f"d{i + 10}" else 0.0 for t in cands])
+
+    policy = learn_ranking(texts, qrels, encode=encode, dense=dense, lexical=lexical, titles=titles,
+                           reranker=slow_oracle, source="toy", max_depth=20, rerank_budget_ms=25.0)
+    latency = policy.measured["rerank_latency"]
+    assert latency["p95_ms"]["20"] >= 40.0 and 5 in latency["depths_in_budget"]
+    assert 20 not in latency["depths_in_budget"]  # 20 x 2 ms is over 25 ms
+    assert policy.rerank_depth in latency["depths_in_budget"]
+    assert all(int(key.split()[1].rstrip(",")) in latency["depths_in_budget"]
+               for key in policy.measured["rerank_grid_nDCG@10"])
+    # A budget no depth fits: the reranker is not run, and the policy says why.
+    none = learn_ranking(texts, qrels, encode=encode, dense=dense, lexical=lexical, titles=titles,
+                         reranker=slow_oracle, source="toy", max_depth=20, rerank_budget_ms=1.0)
+    assert none.rerank_blend == 0.0 and "not run" in none.measured["rerank"]
+
+
 def test_a_reranker_that_hurts_is_given_no_share():
     texts, qrels, dense, lexical, encode = _fixtures()
 

@@ -19,8 +19,10 @@ def eval_command(
              "default: the catalogue's own judgments.")] = None,
     fashion: Annotated[str | None, typer.Option(
         help="Photo catalogue for the attribute-query and image→image evaluation; 'none' to skip.")] = "fashion",
-    encoder: Annotated[str, typer.Option(help="Dense text encoder of the judged catalogue (registered name).")]
-    = "minilm",
+    encoder: Annotated[str, typer.Option(
+        help="Dense text encoder of the judged catalogue: auto (what its index serves: the text-encoder "
+             "champion when one passed its gate, else minilm), text_encoder, or a registered name (minilm).")]
+    = "auto",
     reranker: Annotated[str | None, typer.Option(
         help="Cross-encoder: 'champion' (registry), a model folder, or 'none'.")] = "champion",
     max_test_queries: Annotated[int, typer.Option(help="Held-out queries evaluated (seeded sample).")] = 1000,

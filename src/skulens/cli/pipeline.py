@@ -143,6 +143,8 @@ def train_and_export(
     max_train_products: Annotated[int | None, typer.Option(min=2, help="Train on a subset of products.")] = None,
     reranker_config: Annotated[str, typer.Option(help="Reranker training config.")] = "reranker",
     reranker_max_train_pairs: Annotated[int | None, typer.Option(min=1, help="Override reranker pairs.")] = None,
+    text_encoder_config: Annotated[str | None, typer.Option(
+        help="Also fine-tune the dense text encoder with this config (e.g. text-encoder).")] = None,
 ) -> None:
     """Train the embedder and the reranker, evaluate against baselines, register challengers in
     MLflow, export ONNX + INT8 behind the parity gate, and promote through the evaluation gate.
@@ -152,7 +154,7 @@ def train_and_export(
     settings = settings_from()
     conf = {"config": config, "epochs": epochs, "max_train_products": max_train_products,
             "reranker_config": reranker_config, "reranker_max_train_pairs": reranker_max_train_pairs,
-            "parity_texts": 512, "parity_images": 256}
+            "text_encoder_config": text_encoder_config, "parity_texts": 512, "parity_images": 256}
     def local(run_id: str) -> None:
         from skulens.pipelines.train_and_export import TrainParams, run_all
 
@@ -191,7 +193,14 @@ def _print_train_summary(summary: dict, path: Path) -> None:
         console.print(f"  INT8 parity: served {p['int8_served']}, nDCG@10 {p['nDCG@10']}, score cosine "
                       f"{_fmt(p['score_cosine'])}" + (f", reasons: {p['reasons']}" if p.get("reasons") else ""),
                       highlight=False)
-    for part in (emb, rr):
+    te = info.get("text_encoder", {})
+    if te.get("test"):
+        console.print("[bold]Text encoder, held-out Home Depot queries[/] (nDCG@10, whole catalogue):")
+        for name, label in (("packaged_minilm", "packaged MiniLM"), ("tuned", "fine-tuned")):
+            console.print(f"  {label:<16} dense {_fmt(te['test'][name]['dense']['nDCG@10'])}, "
+                          f"fused with BM25 {_fmt(te['test'][name]['hybrid']['nDCG@10'])}", highlight=False)
+        console.print(f"  BM25 {_fmt(te['test']['bm25']['nDCG@10'])}", highlight=False)
+    for part in (emb, rr, te):
         gate, reg = part.get("gate") or {}, part.get("registered") or {}
         if reg.get("version") is not None:
             verdict = "promoted to champion" if gate.get("promoted") else f"refused: {gate.get('reasons')}"

@@ -47,7 +47,9 @@ class EvalConfig:
     max_train_queries: int | None = 2000
     depth: int = 100
     rerank_depth: int = 30
-    encoder: str = "minilm"
+    # auto: what an index of a catalogue without photos serves (the text-encoder champion when
+    # retrieval.text_encoder is champion and one passed its gate, else the packaged MiniLM).
+    encoder: str = "auto"
     reranker: str | None = "champion"  # "champion", a model folder, or None
     noisy: bool = True
     test_fraction: float = 0.2
@@ -182,7 +184,6 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
                     rerank: Callable[[str, list[str]], np.ndarray] | None = None) -> dict[str, Any]:
     """Full-corpus and rerank-setting metrics of every retriever on a judged text catalogue."""
     from skulens.evaluation.ranking import learn_adaptive, learn_weight
-    from skulens.retrieval.encoders import make_encoder
     from skulens.retrieval.filters import FilterColumns
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.retrieval.ranking import RankingPolicy
@@ -226,13 +227,13 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
 
     _progress(f"lexical index over {len(ids):,} titles")
     lexical = BM25Index.build(products, LexicalConfig.from_settings(settings.retrieval))
-    _progress(f"encoding {len(ids):,} titles with {cfg.encoder}")
-    encoder = make_encoder(cfg.encoder)
+    encoder, encoder_label = _dense_encoder(settings, cfg.encoder)
+    _progress(f"encoding {len(ids):,} titles with {encoder_label}")
     vectors = encoder.encode_texts([titles[i] for i in ids])
     paths = products.column("category_path").to_pylist()
     vc = VectorIndexConfig(**settings.retrieval.vector.model_dump())
     store = ShardedVectorIndex.build(ids, vectors, [p[0] if p else None for p in paths], vc,
-                                     model_version=cfg.encoder, columns=FilterColumns.from_products(products))
+                                     model_version=encoder_label, columns=FilterColumns.from_products(products))
     dense, bm25 = DenseRetriever(store, encoder), LexicalRetriever(lexical)
 
     _progress(f"learning the fusion weight on {len(train):,} training queries")
@@ -286,7 +287,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         "queries": {"test": len(test), "train_for_fusion": len(train), "kind": "real queries with graded judgments"
                     if rows[0]["source"].startswith("homedepot") else f"judgments from {rows[0]['source']}",
                     "examples_noisy": dict(list(variants.get("noisy", {}).items())[:5])},
-        "corpus": {"products": len(ids), "encoder": cfg.encoder, "vector_index": store.manifest.get("config", {})
+        "corpus": {"products": len(ids), "encoder": encoder_label, "vector_index": store.manifest.get("config", {})
                    .get("kind"), "index_recall@10": store.manifest.get("recall@10")},
         "relevant_grade": relevant, "fusion_weight": weight, "fusion_weight_scores": tried,
         "adaptive_fusion": adaptive_measured,
@@ -294,6 +295,29 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         "full_corpus": full, "rerank_setting": rerank_setting,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _dense_encoder(settings: Settings, name: str) -> tuple[Any, str]:
+    """(encoder, label): ``text_encoder`` is the registry's text-encoder champion (what an index of a
+    catalogue without photos serves), ``auto`` that champion when one exists and
+    ``retrieval.text_encoder`` is ``champion``, else ``minilm``; any other name a registered encoder."""
+    from skulens.retrieval.encoders import make_encoder, text_encoder_from_files
+    from skulens.tracking.registry import text_encoder_dir, text_encoder_onnx, version_artifacts
+
+    if name == "auto":
+        try:
+            if settings.retrieval.text_encoder != "champion":
+                raise LookupError
+            champion = version_artifacts(settings, "text_encoder")
+        except LookupError:
+            return make_encoder("minilm"), "minilm"
+    elif name == "text_encoder":
+        champion = version_artifacts(settings, "text_encoder")
+    else:
+        return make_encoder(name), name
+    onnx = text_encoder_onnx(champion)
+    label = f"{champion['name']}/{champion['version']}" + (f" ({onnx.stem})" if onnx else "")
+    return text_encoder_from_files(text_encoder_dir(champion), onnx), label
 
 
 def _rerank_setting(test: list[str], qrels: Qrels, titles: Mapping[str, str], lexical: Any, encoder: Any,

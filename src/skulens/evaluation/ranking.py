@@ -12,6 +12,7 @@ runs (``RankingPolicy.fuse`` / ``rerank``), so what was measured is what is serv
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -92,8 +93,13 @@ def attribute_queries(products: pa.Table, limit: int, seed: int, split: str = "t
 def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[list[str]], np.ndarray],
                   dense: Callable[[np.ndarray, int], list[Hits]], lexical: Callable[[str, int], Hits],
                   titles: Mapping[str, str], reranker: Callable[[str, list[str]], np.ndarray] | None,
-                  source: str, max_depth: int = 20, depth: int = 100) -> RankingPolicy:
-    """The fusion weight, then the rerank depth and blend, that maximise nDCG@10 on ``qrels``."""
+                  source: str, max_depth: int = 20, depth: int = 100,
+                  rerank_budget_ms: float | None = None) -> RankingPolicy:
+    """The fusion weight, then the rerank depth and blend, that maximise nDCG@10 on ``qrels``.
+
+    ``rerank_budget_ms``: only depths whose reranking fits this budget are tried: the reranker is
+    timed here at each depth on up to 30 queries (95th percentile), so that the served stage
+    finishes inside its timeout instead of timing out and falling back."""
     qids = [q for q in texts if qrels.get(q)]
     if not qids:
         raise ValueError("no training query with a judged product to learn the ranking from")
@@ -115,9 +121,21 @@ def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[l
     # Each query's head is scored once, at the deepest depth tried; shallower depths reuse it.
     scored = {q: np.asarray(reranker(texts[q], [titles.get(p, "") for p, _ in fused[q][:max_depth]]), dtype=float)
               for q in qids}
-    best = (fused_ndcg, max_depth, 0.0)
+    depths = sorted({min(d, max_depth) for d in (5, 10, 20, 30, max_depth)})
+    if rerank_budget_ms is not None:
+        p95 = {d: _rerank_p95_ms(reranker, [(texts[q], [titles.get(p, "") for p, _ in fused[q][:d]])
+                                            for q in qids[:30]]) for d in depths}
+        depths = [d for d in depths if p95[d] <= rerank_budget_ms]
+        measured["rerank_latency"] = {"p95_ms": {str(d): round(v, 1) for d, v in p95.items()},
+                                      "budget_ms": rerank_budget_ms, "depths_in_budget": depths}
+        if not depths:
+            measured["rerank"] = f"no rerank depth fits {rerank_budget_ms} ms (p95 at depth " \
+                                 f"{min(p95)}: {p95[min(p95)]:.1f} ms): not run"
+            return RankingPolicy(fusion_weight=weight, rerank_depth=max_depth, rerank_blend=0.0,
+                                 learned_on=source, measured=measured, adaptive=adaptive)
+    best = (fused_ndcg, depths[-1], 0.0)
     grid: dict[str, float] = {}
-    for d in sorted({min(d, max_depth) for d in (10, 20, 30, max_depth)}):
+    for d in depths:
         for blend in BLENDS:
             policy = RankingPolicy(fusion_weight=weight, rerank_depth=d, rerank_blend=float(blend), learned_on=source,
                                    adaptive=adaptive)
@@ -129,6 +147,16 @@ def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[l
     measured.update({"rerank_grid_nDCG@10": grid, "reranked_nDCG@10": best[0]})
     return RankingPolicy(fusion_weight=weight, rerank_depth=best[1], rerank_blend=best[2], learned_on=source,
                          measured=measured, adaptive=adaptive)
+
+
+def _rerank_p95_ms(reranker: Callable[[str, list[str]], np.ndarray], calls: list[tuple[str, list[str]]]) -> float:
+    """95th percentile of the reranker's milliseconds over ``calls`` (query, candidate titles)."""
+    times = []
+    for text, heads in calls:
+        started = time.perf_counter()
+        reranker(text, heads)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(times, 95)) if times else 0.0
 
 
 def _rank_run(runs: Mapping[str, Hits], qids: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -103,6 +103,37 @@ def export_reranker(model_dir: Path, out_dir: Path) -> Path:
                    dynamic_seq=True)
 
 
+def export_text_encoder(model_dir: Path, out_dir: Path) -> Path:
+    """``text-encoder.onnx`` (fp32) of a sentence-transformers MiniLM folder: token ids and mask in,
+    the mean-pooled, normalised sentence vector out (what the folder's pooling and Normalize
+    modules compute), dynamic batch and length."""
+    from skulens.compat import ensure_torchvision_ops
+
+    ensure_torchvision_ops()
+    import torch
+    from torch import nn
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModel.from_pretrained(str(model_dir)).eval()
+    enc = tokenizer(["red drill bit", "1 in. wood screws for decking"], padding=True, return_tensors="pt")
+
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):  # noqa: ANN001, ANN202
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, dim=-1)
+
+    names = ["input_ids", "attention_mask"]
+    return export_module(Pooled(), tuple(enc[n] for n in names), out_dir / "text-encoder.onnx", names,
+                         "sentence_vector", dynamic_seq=True)
+
+
 def _without_value_info(source: Path, target: Path) -> Path:
     """A copy without intermediate shape annotations: the dynamo exporter can record shapes that
     ONNX's strict shape inference (run by the quantizer) then contradicts; it re-infers them."""

@@ -42,7 +42,9 @@ def _previous(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
 def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[str, Any]:
     """Snapshot the catalogue into the version first (every later stage builds from that snapshot,
     so a catalogue published mid-run cannot mix versions), then embed the snapshot with the champion
-    embedder (served ONNX image tower when exported), by the runner ``retrieval.embed_runner`` names."""
+    embedder (served ONNX image tower when exported), by the runner ``retrieval.embed_runner`` names;
+    a catalogue without photos with the text-encoder champion instead, when one passed its gate
+    (``retrieval.text_encoder``)."""
     import pyarrow.parquet as pq
 
     from skulens.data.catalog import read_table
@@ -55,11 +57,24 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
         folder = _staging(settings, catalog, run_id)
         products = read_table(settings, catalog, "products")
         pq.write_table(products, folder / "products.parquet")
-        champion = version_artifacts(settings, "embedder")
-        bundle, image_onnx = embedder_files(champion)
+        text_champion = _text_encoder_for(settings, products)
+        champion = text_champion or version_artifacts(settings, "embedder")
         model_version = f"{champion['name']}/{champion['version']}"
         runner = settings.retrieval.embed_runner
-        if runner == "spark":
+        if text_champion is not None:
+            from skulens.retrieval.embed import TextMapper, embed_catalog
+            from skulens.retrieval.encoders import text_encoder_from_files
+            from skulens.tracking.registry import text_encoder_dir, text_encoder_onnx
+
+            # Local whatever the runner: one small text model, no photos to decode. The served file
+            # (ONNX, INT8 when it passed parity) embeds titles as it will embed queries.
+            runner = "local"
+            encoder = text_encoder_from_files(text_encoder_dir(champion), text_encoder_onnx(champion))
+            summary = embed_catalog(products, TextMapper(encoder),
+                                    folder / "embeddings.parquet", model_version=model_version,
+                                    shard_level=settings.retrieval.shard_level)
+        elif runner == "spark":
+            bundle, image_onnx = embedder_files(champion)
             from skulens.spark.embed_catalog import embed_with_spark
             from skulens.spark.session import spark_session
 
@@ -71,12 +86,26 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
             from skulens.models.two_tower import TwoTower
             from skulens.retrieval.embed import EmbeddingMapper, embed_catalog
 
+            bundle, image_onnx = embedder_files(champion)
             tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
             summary = embed_catalog(products, EmbeddingMapper(tower, image_onnx), folder / "embeddings.parquet",
                                     model_version=model_version, shard_level=settings.retrieval.shard_level)
         out.update(summary, catalog=catalog, run_id=champion["run_id"], runner=runner,
                    snapshot=str(folder / "products.parquet"))
         return out
+
+
+def _text_encoder_for(settings: Settings, products: Any) -> dict[str, Any] | None:
+    """The text-encoder champion's artefacts when this catalogue has no photos and
+    ``retrieval.text_encoder`` is ``champion`` and one passed its gate; else None (two-tower)."""
+    from skulens.tracking.registry import version_artifacts
+
+    if settings.retrieval.text_encoder != "champion" or products.column("image_uri").null_count < products.num_rows:
+        return None
+    try:
+        return version_artifacts(settings, "text_encoder")
+    except LookupError:
+        return None
 
 
 def _snapshot(settings: Settings, run_id: str) -> Any:
@@ -131,6 +160,12 @@ def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
         return out
 
 
+# Share of the rerank stage's timeout that learn_ranking's depth may use (its p95 timed in the
+# build process): serving adds a thread hand-off, micro-batching and the HTTP work of other
+# requests on the same cores around the model call.
+RERANK_BUDGET_SHARE = 0.75
+
+
 def learn_ranking(settings: Settings, run_id: str) -> dict[str, Any]:
     """Learn this version's ranking policy (fusion weight, rerank depth and blend) on training
     queries with the components that will serve it, and store it with the version (``ranking.json``).
@@ -161,7 +196,10 @@ def learn_ranking(settings: Settings, run_id: str) -> dict[str, Any]:
             reranker, label = champion_reranker(settings)
             titles = dict(zip(products.column("product_id").to_pylist(), products.column("title").to_pylist(),
                               strict=True))
+            # The rerank stage's timeout, with headroom for what serving adds around the model call.
+            budget = RERANK_BUDGET_SHARE * settings.serving.stage_timeout_ms.get("rerank", 60.0)
             policy = learn(texts, qrels, titles=titles, reranker=reranker, max_depth=settings.serving.rerank_top_k,
+                           rerank_budget_ms=budget,
                            encode=lambda batch: np.vstack([query_vectors(encoder, t, None) for t in batch]),
                            dense=lambda vectors, k: store.search(vectors, k=k),
                            lexical=lambda text, k: lexical.search(text, k=k),

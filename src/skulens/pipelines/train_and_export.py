@@ -2,6 +2,9 @@
 
 Embedder: train_embedder -> evaluate_embedder -> register_embedder (challenger) -> export_embedder
 (ONNX + INT8 + parity) -> gate_embedder (champion or refused). Reranker: the same five stages.
+Text encoder (the dense text side of text-only catalogues; only when ``text_encoder_config`` is set):
+train_text_encoder (evaluates against its baselines as it trains) -> register -> export (ONNX + INT8 +
+parity) -> gate.
 ``report`` writes ``SKULENS_HOME/reports/train_and_export/latest.json`` with the before/after
 metrics, parity figures, gate decisions and registered versions, also when a stage failed.
 
@@ -22,7 +25,8 @@ from skulens.storage.layout import pairs_dir
 PIPELINE = "train_and_export"
 EMBEDDER_STAGES = ["train_embedder", "evaluate_embedder", "register_embedder", "export_embedder", "gate_embedder"]
 RERANKER_STAGES = ["train_reranker", "evaluate_reranker", "register_reranker", "export_reranker", "gate_reranker"]
-STAGES = EMBEDDER_STAGES + RERANKER_STAGES
+TEXT_ENCODER_STAGES = ["train_text_encoder", "register_text_encoder", "export_text_encoder", "gate_text_encoder"]
+STAGES = EMBEDDER_STAGES + RERANKER_STAGES + TEXT_ENCODER_STAGES
 
 
 @dataclass
@@ -34,6 +38,8 @@ class TrainParams:
     max_train_products: int | None = None
     reranker_config: str = "reranker"
     reranker_max_train_pairs: int | None = None
+    # The fine-tuned dense text side (configs/training/text-encoder.yaml); None: not trained.
+    text_encoder_config: str | None = None
     parity_texts: int = 1024
     parity_images: int = 1024  # photos are cheap; one query is 1/n of recall@10
 
@@ -218,6 +224,88 @@ def gate_reranker(settings: Settings, run_id: str, params: TrainParams) -> dict[
     return _gate(settings, run_id, "reranker")
 
 
+# -- text encoder ----------------------------------------------------------------------------
+def train_text_encoder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.training.text_encoder import load_text_encoder_config
+    from skulens.training.text_encoder import train_text_encoder as train
+
+    with stage(settings, PIPELINE, run_id, "train_text_encoder") as out:
+        if params.text_encoder_config is None:
+            out["skipped"] = "no text_encoder_config: the dense text side is not retrained in this run"
+            return out
+        pairs = pairs_dir(settings)
+        out.update(train(settings, load_text_encoder_config(params.text_encoder_config, settings), pairs_dir=pairs,
+                         run_id=run_id, out_dir=_run_dir(settings, "text_encoder", run_id)))
+        out["pairs_dir"] = str(pairs)
+        return out
+
+
+def text_encoder_metrics(test: dict[str, Any]) -> dict[str, float]:
+    """The gate's metric names from a text-encoder result's ``test`` block."""
+    metrics = {}
+    for group, prefix in (("tuned", "test_"), ("packaged_minilm", "baseline_minilm_")):
+        for setting in ("dense", "hybrid"):
+            metrics.update({f"{prefix}{setting}_{k}": v for k, v in test[group][setting].items()})
+        metrics[f"{prefix}fusion_weight"] = test[group]["fusion_weight"]
+    metrics.update({f"baseline_bm25_{k}": v for k, v in test["bm25"].items()})
+    return metrics
+
+
+def register_text_encoder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.tracking.registry import log_and_register, model_card
+
+    with stage(settings, PIPELINE, run_id, "register_text_encoder") as out:
+        trained = _previous(settings, run_id, "train_text_encoder")
+        if "skipped" in trained:
+            out["skipped"] = trained["skipped"]
+            return out
+        metrics = text_encoder_metrics(trained["test"])
+        card = model_card(f"skulens-text-encoder (MiniLM-L6 fine-tuned on Home Depot queries, run {run_id})",
+                          data=trained["data"], metrics=metrics, config=trained["config"],
+                          notes=("test_*: held-out real queries over the whole catalogue, dense alone and fused "
+                                 "with BM25 (weight learned on validation queries); baseline_minilm_*: the packaged "
+                                 "all-MiniLM-L6-v2 measured the same way.",
+                                 f"Best validation epoch {trained['best_epoch']}."))
+        history = [{"epoch": h["epoch"], "train_loss": h["train_loss"], "val_dense_nDCG@10": h["val_dense_nDCG@10"]}
+                   for h in trained["history"]]
+        out.update(log_and_register(
+            settings, kind="text_encoder", run_name=f"text-encoder-{run_id}", params=trained["config"],
+            history=history, final_metrics=metrics, artifacts={"model": trained["model_dir"]}, card=card,
+            tags={"skulens.pipeline_run": run_id}))
+        return out
+
+
+def export_text_encoder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    from skulens.export.parity import export_text_encoder_gated
+    from skulens.models.onnx import configure
+    from skulens.tracking.registry import attach_export
+    from skulens.training.text_encoder import held_out_texts, load_text_encoder_config
+
+    configure(settings.models.onnx_device)
+    with stage(settings, PIPELINE, run_id, "export_text_encoder") as out:
+        registered = _previous(settings, run_id, "register_text_encoder")
+        if "skipped" in registered:
+            out["skipped"] = registered["skipped"]
+            return out
+        trained = _previous(settings, run_id, "train_text_encoder")
+        cfg = load_text_encoder_config(params.text_encoder_config or trained["config"]["name"], settings)
+        decision = export_text_encoder_gated(
+            Path(trained["model_dir"]), _run_dir(settings, "text_encoder", run_id) / "onnx",
+            texts=held_out_texts(settings, Path(trained["pairs_dir"]), min(params.parity_texts, 512), cfg.seed),
+            parity=settings.models.parity, max_length=cfg.max_length)
+        attach_export(settings, "text_encoder", registered["version"], decision)
+        out.update(decision)
+        return out
+
+
+def gate_text_encoder(settings: Settings, run_id: str, params: TrainParams) -> dict[str, Any]:
+    if "skipped" in _previous(settings, run_id, "register_text_encoder"):
+        with stage(settings, PIPELINE, run_id, "gate_text_encoder") as out:
+            out["skipped"] = "nothing registered in this run"
+            return out
+    return _gate(settings, run_id, "text_encoder")
+
+
 # -- whole run -------------------------------------------------------------------------------
 def _headline(log: dict[str, Any]) -> dict[str, Any]:
     """Before/after, parity, gates and versions, picked from the stage results of the run log."""
@@ -242,6 +330,14 @@ def _headline(log: dict[str, Any]) -> dict[str, Any]:
             "registered": {k: result("register_reranker").get(k) for k in ("name", "version")},
             "gate": {k: result("gate_reranker").get(k) for k in ("promoted", "reasons", "champion_after")},
         },
+        "text_encoder": {
+            "skipped": result("train_text_encoder").get("skipped"),
+            "test": result("train_text_encoder").get("test"),
+            "registered": {k: result("register_text_encoder").get(k) for k in ("name", "version")},
+            "parity": {k: result("export_text_encoder").get(k) for k in ("int8_served", "int8_variant", "served",
+                                                                         "fp32_vs_torch_cosine", "reasons")},
+            "gate": {k: result("gate_text_encoder").get(k) for k in ("promoted", "reasons", "champion_after")},
+        },
     }
 
 
@@ -259,7 +355,8 @@ def run_all(settings: Settings, run_id: str, params: TrainParams | None = None) 
     """Run every stage in order in this process (what the DAG does, without Airflow)."""
     params = params or TrainParams()
     steps = [train_embedder, evaluate_embedder, register_embedder, export_embedder, gate_embedder,
-             train_reranker, evaluate_reranker, register_reranker, export_reranker, gate_reranker]
+             train_reranker, evaluate_reranker, register_reranker, export_reranker, gate_reranker,
+             train_text_encoder, register_text_encoder, export_text_encoder, gate_text_encoder]
     try:
         for step in steps:
             step(settings, run_id, params)

@@ -101,6 +101,26 @@ class EmbeddingMapper:
                 "title_vec": title, "image_vec": image, "fused_vec": fused}
 
 
+class TextMapper:
+    """The mapper of a catalogue without photos embedded by a text-only encoder (the fine-tuned
+    text-encoder champion): title vectors are the product vectors."""
+
+    fusion_weight = 0.0
+    image_session = None
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
+        if any(batch["image_uri"]):
+            raise ValueError("a text-only encoder cannot embed product photos; this catalogue needs the "
+                             "two-tower embedder (retrieval.text_encoder: two_tower)")
+        title = self.encoder.encode_texts(batch["title"])
+        return {"product_id": batch["product_id"], "shard_key": batch["shard_key"],
+                "has_image": np.zeros(len(title), bool), "title_vec": title, "image_vec": np.zeros_like(title),
+                "fused_vec": title}
+
+
 def _vectors(arr: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1), type=pa.float32()), arr.shape[1])
 

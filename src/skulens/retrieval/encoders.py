@@ -69,6 +69,48 @@ class SentenceEncoder:
         raise ValueError(f"encoder {self.name} has no image tower; use a two_tower encoder for photo queries")
 
 
+@register_encoder("onnx_text")
+class OnnxTextEncoder:
+    """A text encoder exported by :func:`skulens.export.onnx_export.export_text_encoder` (token ids
+    and mask in, normalised mean-pooled vector out), on ONNX Runtime with its folder's tokenizer."""
+
+    name = "onnx_text"
+
+    def __init__(self, onnx_path: str | Path, tokenizer_dir: str | Path, max_length: int | None = None,
+                 threads: int | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        from skulens.models.onnx import session
+
+        self.session = session(Path(onnx_path), threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        # The folder's own sequence length (sentence-transformers saves max_seq_length as the
+        # tokenizer's model_max_length: what training and evaluation truncated to), else 64.
+        saved = getattr(self.tokenizer, "model_max_length", None)
+        self.max_length = max_length or (saved if saved and saved <= 4096 else 64)
+        self.label = Path(onnx_path).stem
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.session.get_outputs()[0].shape[-1] or 0), np.float32)
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="np")
+        out = self.session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
+                                      "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
+        return normalise(np.asarray(out, dtype=np.float32))
+
+    def encode_images(self, sources: Sequence[str | bytes]) -> np.ndarray:
+        raise ValueError(f"encoder {self.name} has no image tower; use a two_tower encoder for photo queries")
+
+
+def text_encoder_from_files(model_dir: str | Path, onnx_path: str | Path | None) -> QueryEncoder:
+    """A fine-tuned text encoder as served: its exported ONNX file when the parity gate passed one
+    (INT8 when it could), else the sentence-transformers folder on PyTorch."""
+    if onnx_path is not None and Path(onnx_path).is_file():
+        return OnnxTextEncoder(onnx_path, model_dir)
+    return SentenceEncoder(path=str(model_dir))
+
+
 @register_encoder("two_tower")
 class TwoTowerEncoder:
     """A skulens two-tower bundle; texts through its text tower, photos through its image tower."""

@@ -129,12 +129,24 @@ def onnx_threads(serving: Any) -> int:
 
 def query_encoder(settings: Settings, model_version: str) -> tuple[Any, dict[str, str]]:
     """The query encoder of the embedder version ``model_version`` names (``name/N``; the champion
-    when it names none): its text tower from the ONNX file that passed parity, else PyTorch."""
+    when it names none): its text tower from the ONNX file that passed parity, else PyTorch. A
+    text-encoder version (an index of a catalogue without photos) is that sentence encoder."""
     from skulens.models.two_tower import TwoTower
-    from skulens.retrieval.encoders import TwoTowerEncoder
-    from skulens.tracking.registry import embedder_files, embedder_onnx, version_artifacts
+    from skulens.retrieval.encoders import TwoTowerEncoder, text_encoder_from_files
+    from skulens.tracking.registry import (
+        embedder_files,
+        embedder_onnx,
+        text_encoder_dir,
+        text_encoder_onnx,
+        version_artifacts,
+    )
 
     match = re.fullmatch(r"(.+)/(\d+)", model_version)
+    if match and match.group(1) == settings.models.text_encoder:
+        text = version_artifacts(settings, "text_encoder", version=int(match.group(2)))
+        onnx = text_encoder_onnx(text)
+        return text_encoder_from_files(text_encoder_dir(text), onnx), {
+            "embedder": model_version, "query_encoder": f"onnx {onnx.stem}" if onnx else "torch"}
     embedder = version_artifacts(settings, "embedder", version=int(match.group(2)) if match else None)
     bundle, image_onnx = embedder_files(embedder)
     tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")

@@ -34,6 +34,18 @@ class RerankerModel(mlflow.pyfunc.PythonModel):
         return self.reranker.score(list(model_input["query"]), list(model_input["title"])).tolist()
 
 
+class TextEncoderModel(mlflow.pyfunc.PythonModel):
+    """Input: a DataFrame with a ``text`` column; output: one normalised vector per row."""
+
+    def load_context(self, context) -> None:  # noqa: ANN001
+        from skulens.retrieval.encoders import make_encoder
+
+        self.encoder = make_encoder("minilm", path=context.artifacts["model"])
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        return self.encoder.encode_texts(list(model_input["text"])).tolist()
+
+
 class RankerModel(mlflow.pyfunc.PythonModel):
     """Input: a DataFrame of the ranker's feature columns (skulens.models.ranker.FEATURES); output:
     one score per row (higher ranks first)."""

@@ -89,15 +89,17 @@ def log_and_register(settings: Settings, *, kind: str, run_name: str, params: di
                      history: list[dict[str, Any]], final_metrics: dict[str, float], artifacts: dict[str, str],
                      card: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """One MLflow run: params, per-epoch metrics, final metrics, model + card; register a version
-    of the ``kind`` model ("embedder", "reranker" or "ranker") and point ``challenger`` at it."""
+    of the ``kind`` model ("embedder", "reranker", "ranker" or "text_encoder") and point
+    ``challenger`` at it."""
     _quiet()
     import mlflow
 
-    from skulens.tracking.pyfunc import EmbedderModel, RankerModel, RerankerModel
+    from skulens.tracking.pyfunc import EmbedderModel, RankerModel, RerankerModel, TextEncoderModel
 
     mlc = client(settings)
     name = getattr(settings.models, kind)
-    python_model = {"embedder": EmbedderModel, "reranker": RerankerModel, "ranker": RankerModel}[kind]()
+    python_model = {"embedder": EmbedderModel, "reranker": RerankerModel, "ranker": RankerModel,
+                    "text_encoder": TextEncoderModel}[kind]()
     with mlflow.start_run(experiment_id=experiment_id(settings), run_name=run_name, tags=tags or {}) as run:
         mlflow.log_params(flatten_params(params))
         for record in history:
@@ -225,7 +227,7 @@ def attach_export(settings: Settings, kind: str, version: int, decision: dict[st
     mv = mlc.get_model_version(name, str(version))
     mlc.log_text(mv.run_id, json.dumps(decision, indent=2, default=str), "onnx/export.json")
     served = decision["served"]
-    for path in (served.values() if isinstance(served, dict) else [served]):
+    for path in (served.values() if isinstance(served, dict) else [served] if served else []):
         mlc.log_artifact(mv.run_id, path, "onnx")
     int8 = decision["int8_served"]
     mlc.set_model_version_tag(name, str(version), "int8_parity",
@@ -286,6 +288,19 @@ def embedder_onnx(artifacts: dict[str, Any], tower: str) -> Path | None:
 def reranker_dir(artifacts: dict[str, Any]) -> Path:
     """The cross-encoder folder of a reranker from :func:`version_artifacts`."""
     return artifacts["model_dir"] / "artifacts" / "model"
+
+
+def text_encoder_dir(artifacts: dict[str, Any]) -> Path:
+    """The sentence-transformers folder of a text encoder from :func:`version_artifacts`."""
+    return artifacts["model_dir"] / "artifacts" / "model"
+
+
+def text_encoder_onnx(artifacts: dict[str, Any]) -> Path | None:
+    """The served ONNX file of a text encoder (INT8 when it passed the parity gate), or None."""
+    if not (artifacts["export"] and artifacts["onnx_dir"] and artifacts["export"].get("served")):
+        return None
+    path = artifacts["onnx_dir"] / Path(artifacts["export"]["served"]).name
+    return path if path.is_file() else None
 
 
 def reranker_onnx(artifacts: dict[str, Any]) -> Path | None:

@@ -226,10 +226,7 @@ def train_reranker(settings: Settings, cfg: RerankerTrainConfig, *, pairs_dir: P
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     started = time.perf_counter()
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = seeded_device(cfg.seed, cfg.device)
     out_dir = out_dir or settings.home / "training" / "reranker" / run_id
     titles = product_titles(settings)
     train = _subsample_by_query(judged_pairs(pairs_dir, titles, "train"), cfg.max_train_pairs, cfg.seed)
@@ -249,10 +246,7 @@ def train_reranker(settings: Settings, cfg: RerankerTrainConfig, *, pairs_dir: P
         keep_first_layers(model, cfg.layers)
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    steps = math.ceil(len(train) / cfg.batch_size) * cfg.epochs
-    warmup = int(steps * cfg.warmup_fraction)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    scheduler = linear_warmup(optimizer, math.ceil(len(train) / cfg.batch_size) * cfg.epochs, cfg.warmup_fraction)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     rng = random.Random(cfg.seed)
     losses: list[float] = []
@@ -298,6 +292,25 @@ def train_reranker(settings: Settings, cfg: RerankerTrainConfig, *, pairs_dir: P
     }
     (out_dir / "train.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def seeded_device(seed: int, device: str) -> str:
+    """Seed Python, NumPy and torch; the device to train on (``auto``: CUDA when there is one)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def linear_warmup(optimizer, steps: int, warmup_fraction: float):  # noqa: ANN001, ANN201
+    """Linear warm-up over ``warmup_fraction`` of ``steps``, then linear decay to 0."""
+    import torch
+
+    warmup = int(steps * warmup_fraction)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
 
 
 def keep_first_layers(model, layers: int) -> None:  # noqa: ANN001
