@@ -24,6 +24,7 @@ import time
 import httpx
 import pytest
 
+from skulens.pipelines.train_and_export import STAGES as TRAIN_STAGES
 from tests.support.servers import S3_KEYS, free_port, mlflow_server, postgres, redis, s3_server
 
 pytestmark = pytest.mark.integration
@@ -100,7 +101,9 @@ def test_the_chain_runs_on_postgres_mlflow_s3_and_redis_and_serves_from_the_buck
                           password="skulens", dbname="skulens") as db, db.cursor() as cursor:
         cursor.execute("select pipeline, count(*) from skulens_stage_runs group by pipeline order by pipeline")
         stages = dict(cursor.fetchall())
-        assert stages["catalog_ingest"] >= 6 and stages["train_and_export"] == 10 and stages["build_index"] >= 5
+        # Every train_and_export stage records its run (the text encoder's four say "skipped" here).
+        assert stages["catalog_ingest"] >= 6 and stages["train_and_export"] == len(TRAIN_STAGES)
+        assert stages["build_index"] >= 5
 
     # The bucket holds the published versions (pointer last) and MLflow's artefacts.
     s3 = boto3.client("s3", endpoint_url=env["SKULENS_S3_ENDPOINT"], region_name="us-east-1",
