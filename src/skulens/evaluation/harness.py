@@ -301,23 +301,15 @@ def _dense_encoder(settings: Settings, name: str) -> tuple[Any, str]:
     """(encoder, label): ``text_encoder`` is the registry's text-encoder champion (what an index of a
     catalogue without photos serves), ``auto`` that champion when one exists and
     ``retrieval.text_encoder`` is ``champion``, else ``minilm``; any other name a registered encoder."""
-    from skulens.retrieval.encoders import make_encoder, text_encoder_from_files
-    from skulens.tracking.registry import text_encoder_dir, text_encoder_onnx, version_artifacts
+    from skulens.retrieval.encoders import make_encoder
+    from skulens.tracking.registry import served_text_encoder, text_encoder_champion, version_artifacts
 
     if name == "auto":
-        try:
-            if settings.retrieval.text_encoder != "champion":
-                raise LookupError
-            champion = version_artifacts(settings, "text_encoder")
-        except LookupError:
-            return make_encoder("minilm"), "minilm"
-    elif name == "text_encoder":
-        champion = version_artifacts(settings, "text_encoder")
-    else:
-        return make_encoder(name), name
-    onnx = text_encoder_onnx(champion)
-    label = f"{champion['name']}/{champion['version']}" + (f" ({onnx.stem})" if onnx else "")
-    return text_encoder_from_files(text_encoder_dir(champion), onnx), label
+        champion = text_encoder_champion(settings)
+        return served_text_encoder(champion) if champion is not None else (make_encoder("minilm"), "minilm")
+    if name == "text_encoder":
+        return served_text_encoder(version_artifacts(settings, "text_encoder"))
+    return make_encoder(name), name
 
 
 def _rerank_setting(test: list[str], qrels: Qrels, titles: Mapping[str, str], lexical: Any, encoder: Any,

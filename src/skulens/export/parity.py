@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,24 @@ def export_embedder(bundle: Path, out_dir: Path, *, texts: list[str], images: li
     return decision
 
 
+def _median_ms(calls: Iterable[Callable[[], Any]]) -> float:
+    """Median wall milliseconds of ``calls`` (0 when there are none)."""
+    times = []
+    for call in calls:
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(float(np.median(times)), 2) if times else 0.0
+
+
+def _dynamic_int8_variants(fp32_path: Path, stem: str) -> Iterator[tuple[str, Path]]:
+    """Dynamic INT8 files of a transformer, fastest first: every MatMul, then the FFN projections
+    kept fp32. A generator, so a variant is only quantized when the faster one failed."""
+    for variant, keep_fp32 in (("dynamic", None), ("dynamic_ffn_fp32", ffn_projections(fp32_path))):
+        target = fp32_path.with_name(f"{stem}.int8-{variant.replace('_', '-')}.onnx")
+        yield variant, quantize_dynamic_int8(fp32_path, target, keep_fp32=keep_fp32)
+
+
 def export_reranker_gated(model_dir: Path, out_dir: Path, *, groups: dict[str, list], parity: ParitySettings,
                           max_length: int = 64, threads: int | None = None) -> dict[str, Any]:
     """Export the cross-encoder and quantize it two ways, fastest first: every MatMul dynamic INT8,
@@ -237,21 +256,14 @@ def export_reranker_gated(model_dir: Path, out_dir: Path, *, groups: dict[str, l
         return score
 
     def ms_per_query(score) -> float:  # noqa: ANN001 - the first 20 queries' candidates, median
-        times = []
-        for q, cands in list(groups.items())[:20]:
-            t0 = time.perf_counter()
-            score(q, [t for _, t, _ in cands])
-            times.append((time.perf_counter() - t0) * 1000)
-        return round(float(np.median(times)), 2) if times else 0.0
+        return _median_ms(lambda q=q, c=c: score(q, [t for _, t, _ in c]) for q, c in list(groups.items())[:20])
 
     fp32_score = scorer(fp32_path)
     per_fp32 = {q: fp32_score(q, [t for _, t, _ in c]) for q, c in groups.items()}
     fp32_ndcg = evaluate_rankers(groups, {"fp32": fp32_score})["fp32"]["nDCG@10"]
     candidates: dict[str, dict[str, Any]] = {}
     chosen = None
-    for variant, keep_fp32 in (("dynamic", None), ("dynamic_ffn_fp32", ffn_projections(fp32_path))):
-        path = quantize_dynamic_int8(fp32_path, out_dir / f"reranker.int8-{variant.replace('_', '-')}.onnx",
-                                     keep_fp32=keep_fp32)
+    for variant, path in _dynamic_int8_variants(fp32_path, "reranker"):
         int8_score = scorer(path)
         per_int8 = {q: int8_score(q, [t for _, t, _ in c]) for q, c in groups.items()}
         a, b = np.concatenate(list(per_fp32.values())), np.concatenate(list(per_int8.values()))
@@ -310,23 +322,14 @@ def export_text_encoder_gated(model_dir: Path, out_dir: Path, *, texts: list[str
         return np.argsort(-scores, axis=1)[:, :10]
 
     def latency(encoder: OnnxTextEncoder) -> float:
-        times = []
-        for text in texts[:50]:
-            t0 = time.perf_counter()
-            encoder.encode_texts([text])
-            times.append((time.perf_counter() - t0) * 1000)
-        return round(float(np.median(times)), 2)
+        return _median_ms(lambda t=t: encoder.encode_texts([t]) for t in texts[:50])
 
     base = neighbours(fp32_vecs)
     candidates: dict[str, dict[str, Any]] = {}
     chosen = None
     reasons_export = [] if export_cosine >= 0.999 else \
         [f"text encoder: fp32 ONNX cosine with PyTorch {export_cosine:.5f} < 0.999 (export is wrong)"]
-    for variant, keep_fp32 in (("dynamic", None), ("dynamic_ffn_fp32", ffn_projections(fp32_path))):
-        if reasons_export:
-            break
-        path = quantize_dynamic_int8(fp32_path, out_dir / f"text-encoder.int8-{variant.replace('_', '-')}.onnx",
-                                     keep_fp32=keep_fp32)
+    for variant, path in () if reasons_export else _dynamic_int8_variants(fp32_path, "text-encoder"):
         encoder = OnnxTextEncoder(path, model_dir, max_length=max_length, threads=threads)
         vecs = encoder.encode_texts(texts)
         cos = _cosines(fp32_vecs, vecs)

@@ -63,13 +63,12 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
         runner = settings.retrieval.embed_runner
         if text_champion is not None:
             from skulens.retrieval.embed import TextMapper, embed_catalog
-            from skulens.retrieval.encoders import text_encoder_from_files
-            from skulens.tracking.registry import text_encoder_dir, text_encoder_onnx
+            from skulens.tracking.registry import served_text_encoder
 
             # Local whatever the runner: one small text model, no photos to decode. The served file
             # (ONNX, INT8 when it passed parity) embeds titles as it will embed queries.
             runner = "local"
-            encoder = text_encoder_from_files(text_encoder_dir(champion), text_encoder_onnx(champion))
+            encoder, _ = served_text_encoder(champion)
             summary = embed_catalog(products, TextMapper(encoder),
                                     folder / "embeddings.parquet", model_version=model_version,
                                     shard_level=settings.retrieval.shard_level)
@@ -96,16 +95,13 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
 
 
 def _text_encoder_for(settings: Settings, products: Any) -> dict[str, Any] | None:
-    """The text-encoder champion's artefacts when this catalogue has no photos and
-    ``retrieval.text_encoder`` is ``champion`` and one passed its gate; else None (two-tower)."""
-    from skulens.tracking.registry import version_artifacts
+    """The text-encoder champion's artefacts when this catalogue has no photos (and one serves);
+    else None (two-tower)."""
+    from skulens.tracking.registry import text_encoder_champion
 
-    if settings.retrieval.text_encoder != "champion" or products.column("image_uri").null_count < products.num_rows:
+    if products.column("image_uri").null_count < products.num_rows:
         return None
-    try:
-        return version_artifacts(settings, "text_encoder")
-    except LookupError:
-        return None
+    return text_encoder_champion(settings)
 
 
 def _snapshot(settings: Settings, run_id: str) -> Any:

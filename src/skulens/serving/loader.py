@@ -132,21 +132,14 @@ def query_encoder(settings: Settings, model_version: str) -> tuple[Any, dict[str
     when it names none): its text tower from the ONNX file that passed parity, else PyTorch. A
     text-encoder version (an index of a catalogue without photos) is that sentence encoder."""
     from skulens.models.two_tower import TwoTower
-    from skulens.retrieval.encoders import TwoTowerEncoder, text_encoder_from_files
-    from skulens.tracking.registry import (
-        embedder_files,
-        embedder_onnx,
-        text_encoder_dir,
-        text_encoder_onnx,
-        version_artifacts,
-    )
+    from skulens.retrieval.encoders import OnnxTextEncoder, TwoTowerEncoder
+    from skulens.tracking.registry import embedder_files, embedder_onnx, served_text_encoder, version_artifacts
 
     match = re.fullmatch(r"(.+)/(\d+)", model_version)
     if match and match.group(1) == settings.models.text_encoder:
-        text = version_artifacts(settings, "text_encoder", version=int(match.group(2)))
-        onnx = text_encoder_onnx(text)
-        return text_encoder_from_files(text_encoder_dir(text), onnx), {
-            "embedder": model_version, "query_encoder": f"onnx {onnx.stem}" if onnx else "torch"}
+        encoder, _ = served_text_encoder(version_artifacts(settings, "text_encoder", version=int(match.group(2))))
+        return encoder, {"embedder": model_version,
+                         "query_encoder": f"onnx {encoder.label}" if isinstance(encoder, OnnxTextEncoder) else "torch"}
     embedder = version_artifacts(settings, "embedder", version=int(match.group(2)) if match else None)
     bundle, image_onnx = embedder_files(embedder)
     tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")

@@ -303,6 +303,27 @@ def text_encoder_onnx(artifacts: dict[str, Any]) -> Path | None:
     return path if path.is_file() else None
 
 
+def text_encoder_champion(settings: Settings) -> dict[str, Any] | None:
+    """The text-encoder champion's artefacts when ``retrieval.text_encoder`` is ``champion`` and a
+    version passed its gate; else None (the two-tower's text tower serves)."""
+    if settings.retrieval.text_encoder != "champion":
+        return None
+    try:
+        return version_artifacts(settings, "text_encoder")
+    except LookupError:
+        return None
+
+
+def served_text_encoder(artifacts: dict[str, Any]) -> tuple[Any, str]:
+    """(encoder, label) of a text-encoder version as served: its ONNX file that passed parity, else
+    the sentence-transformers folder on PyTorch."""
+    from skulens.retrieval.encoders import text_encoder_from_files
+
+    onnx = text_encoder_onnx(artifacts)
+    label = f"{artifacts['name']}/{artifacts['version']}" + (f" ({onnx.stem})" if onnx else "")
+    return text_encoder_from_files(text_encoder_dir(artifacts), onnx), label
+
+
 def reranker_onnx(artifacts: dict[str, Any]) -> Path | None:
     """The served ONNX file of a reranker (INT8 when it passed the parity gate), or None."""
     if not (artifacts["export"] and artifacts["onnx_dir"]):
