@@ -392,6 +392,10 @@ class ServingSettings(_Model):
     # Zero-result recovery (the LLM cascade past tier 0) has its own budget: an empty page is worse
     # than a slower one.
     recovery_budget_ms: float = Field(3000.0, ge=0)
+    # Spelling correction of queries from the catalogue's vocabulary (skulens.serving.spelling):
+    # "context" picks the neighbour that co-occurs with the query's other words, "frequency" the most
+    # frequent neighbour, "off" none. The service and `skulens eval` build the same one.
+    spelling: Literal["context", "frequency", "off"] = "context"
     # The deepest rerank learn_ranking may choose (its cost grows with it); the served depth is the
     # index version's learned policy (ranking.json).
     rerank_top_k: int = Field(20, ge=1, le=200)

@@ -313,8 +313,11 @@ def test_eval_and_live_updates_on_the_published_index(settings_at):
                                               rerank_depth=10))
     judged = report["judged"]
     rerank = {"hybrid_weighted+rerank"} if _reranker_served(settings_at) else set()
-    for variant in ("clean", "noisy"):
+    # Noisy queries as typed and through the speller the service builds (serving.spelling: context).
+    assert set(judged["full_corpus"]) == {"clean", "noisy", "clean, spelling as served", "noisy, spelling as served"}
+    for variant in judged["full_corpus"]:
         assert set(judged["full_corpus"][variant]) == {"bm25", "dense", "hybrid_rrf", "hybrid_weighted"} | rerank
+    assert {"nDCG@10 typo", "nDCG@10 dropped"} <= set(judged["full_corpus"]["noisy"]["bm25"])
     assert set(judged["rerank_setting"]) >= {"bm25", "dense", "hybrid_weighted"}
     clean = judged["full_corpus"]["clean"]
     # Held-out: the learned fusion beats the MiniLM dense side alone (0.42 vs 0.30 at full size), and
@@ -324,6 +327,8 @@ def test_eval_and_live_updates_on_the_published_index(settings_at):
     served = report["served"]["fashion"]
     assert served["versions"]["ranking"].startswith("fusion weight") and "held-out" in served["queries"]
     assert {"nDCG@10", "judged@10"} <= set(served["metrics"])
+    # Noisy copies go in as typed: the service's own speller corrects them.
+    assert {"nDCG@10", "nDCG@10 typo", "nDCG@10 dropped"} <= set(served["metrics_noisy"])
     assert "image_to_image" in report["fashion"] and "hybrid_weighted" in report["fashion"]["text_to_image"]["clean"]
     # Query forms training never used: held-out display names and a disjoint template, judged@10 beside.
     t2i = report["fashion"]["text_to_image"]

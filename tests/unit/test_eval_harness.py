@@ -8,7 +8,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from skulens.evaluation.harness import load_judgments, markdown, noisy_query, query_splits, score_run, to_rel
+from skulens.evaluation.harness import (
+    EvalConfig,
+    load_judgments,
+    markdown,
+    noise_kind,
+    noisy_query,
+    query_splits,
+    query_variants,
+    score_run,
+    to_rel,
+)
 
 
 def test_judgments_load_from_canonical_parquet_csv_and_home_depot_csv(tmp_path):
@@ -43,6 +53,24 @@ def test_noisy_queries_change_one_thing_and_are_seeded():
     assert len({n for n in noisy if len(n.split()) == 2}) > 0  # some dropped a word
     assert noisy == [noisy_query("cordless hammer drill", r) for r in [random.Random(1)] for _ in range(50)]
     assert noisy_query("tv", random.Random(0)) == "tv"  # nothing to corrupt
+
+
+def test_noisy_variants_go_through_the_served_speller(settings):
+    titles = ["Cordless Hammer Drill Kit", "Sliding Screen Door Kit", "Ceramic Floor Tile", "Garden Hose Reel",
+              "Outdoor Wall Lantern", "Cordless Hammer Drill"]
+    queries = ["cordless hammer drill", "sliding screen door", "ceramic floor tile", "garden hose reel",
+               "outdoor wall lantern", "hammer drill", "screen door", "floor tile", "wall lantern"]
+    variants, kinds = query_variants(settings, queries, titles, EvalConfig(seed=3))
+    assert set(variants) == {"clean", "noisy", "clean, spelling as served", "noisy, spelling as served"}
+    assert variants["clean, spelling as served"] == variants["clean"]  # nothing to correct
+    typos = [q for q in queries if kinds[q] == "typo"]
+    assert typos and set(kinds.values()) <= {"typo", "dropped", "same"}
+    assert all(variants["noisy"][q] != q for q in typos)
+    # Every typo here is one edit in a catalogue word: the served speller restores each of them.
+    assert all(variants["noisy, spelling as served"][q] == q for q in typos)
+    assert noise_kind("hammer drill", "drill") == "dropped" and noise_kind("tv", "tv") == "same"
+    off = settings.model_copy(update={"serving": settings.serving.model_copy(update={"spelling": "off"})})
+    assert set(query_variants(off, queries, titles, EvalConfig())[0]) == {"clean", "noisy"}
 
 
 def test_scores_and_markdown_of_a_report():

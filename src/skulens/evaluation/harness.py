@@ -1,7 +1,9 @@
 """``skulens eval``: every retriever on real judgments and on the fashion catalogue, one report.
 
 Two kinds of evaluation, each per retriever (BM25, dense, hybrid RRF, hybrid weighted, the best
-hybrid + cross-encoder rerank), on clean and **noisy** queries (a seeded typo or a dropped word):
+hybrid + cross-encoder rerank), on clean and **noisy** queries (a seeded typo or a dropped word),
+as typed and through the speller the service builds (``serving.spelling``), with nDCG@10 over
+the typo'd and the shortened queries apart (a speller can restore a typo, not a dropped word):
 
 * **judged text catalogue** (Home Depot by default, or any catalogue plus judgments file):
   *full corpus* — every product title indexed (tantivy BM25 + a dense index built with the
@@ -27,7 +29,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,6 +141,45 @@ def noisy_query(text: str, rng: random.Random) -> str:
         words[i] = (w[:j] + w[j + 1] + w[j] + w[j + 2:] if kind == "swap" else
                     w[:j] + w[j + 1:] if kind == "drop" else w[:j] + w[j] + w[j:])
     return " ".join(words) or text
+
+
+def noise_kind(clean: str, noisy: str) -> str:
+    """``typo``, ``dropped`` (a word left out) or ``same`` (a query too short to corrupt)."""
+    if len(_WORD.findall(noisy)) < len(_WORD.findall(clean)):
+        return "dropped"
+    return "typo" if noisy != clean else "same"
+
+
+def query_variants(settings: Settings, queries: Sequence[str], titles: Iterable[str],
+                   cfg: EvalConfig) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The texts each query is searched with: ``clean``; with ``cfg.noisy``, ``noisy`` (the seeded
+    corruption as typed) and, when ``serving.spelling`` is on, both again through the speller the
+    service builds from the same titles (``..., spelling as served``). Also each query's noise kind."""
+    from skulens.serving.spelling import make_speller
+
+    variants = {"clean": {q: q for q in queries}}
+    if not cfg.noisy:
+        return variants, {}
+    noise = random.Random(cfg.seed + 1)
+    variants["noisy"] = {q: noisy_query(q, noise) for q in queries}
+    kinds = {q: noise_kind(q, variants["noisy"][q]) for q in queries}
+    speller = make_speller(settings.serving.spelling, titles)
+    if speller is not None:
+        for name in ("clean", "noisy"):
+            variants[f"{name}, spelling as served"] = {q: speller.correct(t)[0] for q, t in variants[name].items()}
+    return variants, kinds
+
+
+def noise_kind_scores(qrels: Qrels, run: Run, kinds: Mapping[str, str], relevant: int) -> dict[str, float]:
+    """nDCG@10 over the queries whose noisy copy has a typo and over those with a dropped word
+    (on clean variants too, so each kind's noisy / clean ratio compares the same queries)."""
+    out = {}
+    for kind in ("typo", "dropped"):
+        subset = [q for q in run if kinds.get(q) == kind]
+        if subset:
+            out[f"nDCG@10 {kind}"] = score_run({q: qrels[q] for q in subset}, {q: run[q] for q in subset},
+                                               relevant)["nDCG@10"]
+    return out
 
 
 # -- metrics -----------------------------------------------------------------------------------
@@ -265,10 +306,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
                                            {q: qrels[q] for q in tune})
         retrievers[f"{fused_name}+rerank"] = RerankedRetriever(retrievers[fused_name], rerank, titles,
                                                                depth=cfg.rerank_depth, blend=blend)
-    variants = {"clean": {q: q for q in test}}
-    if cfg.noisy:
-        noise = random.Random(cfg.seed + 1)
-        variants["noisy"] = {q: noisy_query(q, noise) for q in test}
+    variants, kinds = query_variants(settings, test, titles.values(), cfg)
     test_qrels = {q: qrels[q] for q in test}
     full: dict[str, dict[str, Any]] = {}
     for variant, texts in variants.items():
@@ -276,9 +314,10 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         for name, retriever in retrievers.items():
             _progress(f"full corpus, {variant} queries: {name}")
             t = time.perf_counter()
-            results = retriever.search_batch(queries, cfg.depth)
+            run = _as_run(test, retriever.search_batch(queries, cfg.depth))
             seconds = time.perf_counter() - t
-            full.setdefault(variant, {})[name] = {**score_run(test_qrels, _as_run(test, results), relevant),
+            full.setdefault(variant, {})[name] = {**score_run(test_qrels, run, relevant),
+                                                  **noise_kind_scores(test_qrels, run, kinds, relevant),
                                                   "ms_per_query": round(1000 * seconds / len(test), 2)}
 
     _progress("rerank setting (each query's judged candidates)")
@@ -457,11 +496,21 @@ def evaluate_served(settings: Settings, catalog: str, cfg: EvalConfig) -> dict[s
     texts, qrels, source = found
     qids = list(texts)
     _progress(f"served pipeline of {catalog}: {len(qids)} held-out queries")
-    rankings = served_rankings(pipeline, [texts[q] for q in qids], k=10)
-    run = {q: {pid: float(10 - i) for i, pid in enumerate(ids)} for q, ids in zip(qids, rankings, strict=True)}
     relevant = max(max(g.values(), default=1) for g in qrels.values())
+    held_out = {q: qrels[q] for q in qids}
+    # The service spells and rewrites each query itself: the noisy copies go in as typed.
+    variants = {"clean": texts}
+    if cfg.noisy:
+        noise = random.Random(cfg.seed + 1)
+        variants["noisy"] = {q: noisy_query(texts[q], noise) for q in qids}
+    kinds = {q: noise_kind(texts[q], variants["noisy"][q]) for q in qids} if cfg.noisy else {}
+    metrics = {}
+    for variant, typed in variants.items():
+        rankings = served_rankings(pipeline, [typed[q] for q in qids], k=10)
+        run = {q: {pid: float(10 - i) for i, pid in enumerate(ids)} for q, ids in zip(qids, rankings, strict=True)}
+        metrics[variant] = {**score_run(held_out, run, relevant), **noise_kind_scores(held_out, run, kinds, relevant)}
     return {"catalog": catalog, "queries": source.replace("training", "held-out"), "versions": pipeline.versions,
-            "metrics": score_run({q: qrels[q] for q in qids}, run, relevant),
+            "metrics": metrics["clean"], "metrics_noisy": metrics.get("noisy"),
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -532,7 +581,8 @@ def run_eval(settings: Settings, cfg: EvalConfig | None = None, *, catalog: str 
 
 def _table(title: str, rows: Mapping[str, Mapping[str, float]]) -> list[str]:
     cols = ["nDCG@10", "recall@100", "MRR", "zero_useful@10"]
-    extra = [c for c in ("judged@10", "P@10", "ms_per_query") if any(c in r for r in rows.values())]
+    extra = [c for c in ("judged@10", "P@10", "nDCG@10 typo", "nDCG@10 dropped", "ms_per_query")
+             if any(c in r for r in rows.values())]
     lines = [f"**{title}**", "", "| retriever | " + " | ".join(cols + extra) + " |",
              "|---|" + "---|" * len(cols + extra)]
     for name, r in rows.items():
@@ -574,5 +624,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += [f"## served: {catalog} (the published index through the service's own pipeline)", "",
                   f"{served['queries']}; index {served['versions'].get('index')}, ranking "
                   f"{served['versions'].get('ranking')}; reranker {served['versions'].get('reranker')}.", ""]
-        lines += _table("Served pipeline, held-out queries", {"served": served["metrics"]})
+        rows = {"served, clean queries": served["metrics"]}
+        if served.get("metrics_noisy"):
+            rows["served, noisy queries (as typed)"] = served["metrics_noisy"]
+        lines += _table("Served pipeline, held-out queries", rows)
     return "\n".join(lines)

@@ -69,7 +69,7 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     from skulens.serving.llm.understanding import Vocabulary
     from skulens.serving.pipeline import SearchPipeline
     from skulens.serving.rules import BusinessRules
-    from skulens.serving.spelling import SpellCorrector
+    from skulens.serving.spelling import make_speller
     from skulens.storage.layout import index_store
 
     configure(settings.models.onnx_device, threads=onnx_threads(settings.serving))
@@ -109,7 +109,8 @@ def load_served(settings: Settings, catalog: str | None = None, config: Any = No
     kwargs = {"config": config} if config is not None else {}
     pipeline = SearchPipeline(
         lexical=live.lexical, store=live, encoder=encoder, ranking=ranking,
-        titles=titles, reranker=reranker, spell=SpellCorrector.from_texts(titles.values()), cascade=cascade,
+        titles=titles, reranker=reranker, spell=make_speller(settings.serving.spelling, titles.values()),
+        cascade=cascade,
         rules=BusinessRules.from_settings(settings.serving.rules),
         categories={pid: path[-1] for pid, path in categories.items() if path}, versions=versions,
         ranker=ranker, paths=categories, **kwargs)
