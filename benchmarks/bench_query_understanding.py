@@ -46,6 +46,33 @@ def _split(settings, qrels, cfg):
     return sample("test", cfg.max_test_queries), sample("train", cfg.max_train_queries)
 
 
+def homedepot(settings):  # noqa: ANN001, ANN201
+    """The Home Depot catalogue's products, their titles by id and the graded qrels of every query."""
+    from skulens.data.catalog import read_table
+    from skulens.evaluation.harness import to_rel
+
+    products = read_table(settings, "homedepot", "products")
+    ids = products.column("product_id").to_pylist()
+    titles = dict(zip(ids, products.column("title").to_pylist(), strict=True))
+    qrels: dict[str, dict[str, int]] = {}
+    for row in read_table(settings, "homedepot", "judgments").to_pylist():
+        qrels.setdefault(row["query"], {})[row["product_id"]] = to_rel(row["grade"], row["source"])
+    return products, ids, titles, qrels
+
+
+def minilm_dense(settings, products, ids, titles):  # noqa: ANN001, ANN201
+    """A dense retriever over every title with the packaged MiniLM, the vector index as configured."""
+    from skulens.retrieval.retrievers import DenseRetriever
+    from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+
+    encoder, vectors = _vectors(settings, ids, titles)
+    paths = products.column("category_path").to_pylist()
+    store = ShardedVectorIndex.build(ids, vectors, [p[0] if p else None for p in paths],
+                                     VectorIndexConfig(**settings.retrieval.vector.model_dump()),
+                                     model_version="minilm")
+    return DenseRetriever(store, encoder)
+
+
 def _vectors(settings, ids, titles):
     from skulens.retrieval.encoders import make_encoder
 
@@ -67,29 +94,20 @@ def main() -> None:
     parser.add_argument("--no-dense", action="store_true", help="BM25 only (a minute; no MiniLM encoding)")
     args = parser.parse_args()
 
-    from skulens.data.catalog import read_table
-    from skulens.evaluation.harness import EvalConfig, _as_run, score_run, to_rel
+    from skulens.evaluation.harness import EvalConfig, _as_run, score_run
     from skulens.evaluation.ranking import learn_adaptive, learn_weight
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.retrieval.ranking import RankingPolicy
     from skulens.retrieval.retrievers import (
-        DenseRetriever,
         HybridRetriever,
         LexicalRetriever,
         PolicyRetriever,
         SearchQuery,
     )
-    from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
     from skulens.settings import load_settings
 
     settings, cfg = load_settings(), EvalConfig()
-    products = read_table(settings, "homedepot", "products")
-    judgments = read_table(settings, "homedepot", "judgments")
-    ids = products.column("product_id").to_pylist()
-    titles = dict(zip(ids, products.column("title").to_pylist(), strict=True))
-    qrels: dict[str, dict[str, int]] = {}
-    for row in judgments.to_pylist():
-        qrels.setdefault(row["query"], {})[row["product_id"]] = to_rel(row["grade"], row["source"])
+    products, ids, titles, qrels = homedepot(settings)
     test, train = _split(settings, qrels, cfg)
     test_q, train_q = [SearchQuery(text=q) for q in test], [SearchQuery(text=q) for q in train]
     test_qrels, train_qrels = {q: qrels[q] for q in test}, {q: qrels[q] for q in train}
@@ -107,12 +125,7 @@ def main() -> None:
                                             "ms_per_query": round(ms, 2), "build_s": round(build_s, 1)}
         print(f"bm25 {name}", rows[f"bm25, normaliser {name}"], flush=True)
     if not args.no_dense:
-        encoder, vectors = _vectors(settings, ids, titles)
-        paths = products.column("category_path").to_pylist()
-        store = ShardedVectorIndex.build(ids, vectors, [p[0] if p else None for p in paths],
-                                         VectorIndexConfig(**settings.retrieval.vector.model_dump()),
-                                         model_version="minilm")
-        dense = DenseRetriever(store, encoder)
+        dense = minilm_dense(settings, products, ids, titles)
         train_dense = dict(zip(train, dense.search_batch(train_q, cfg.depth), strict=True))
         rows["dense (MiniLM)"] = score_run(test_qrels, _as_run(test, dense.search_batch(test_q, cfg.depth)), 4)
         for name, bm25 in lexical.items():

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_description, write_report  # noqa: E402
-from bench_query_understanding import _split, _vectors  # noqa: E402
+from bench_query_understanding import _split, homedepot, minilm_dense  # noqa: E402
 
 
 def _kind(clean: str, noisy: str) -> str:
@@ -37,23 +37,15 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
     parser.add_argument("--no-dense", action="store_true", help="BM25 only (no MiniLM encoding)")
     args = parser.parse_args()
 
-    from skulens.data.catalog import read_table
-    from skulens.evaluation.harness import EvalConfig, _as_run, noisy_query, score_run, to_rel
+    from skulens.evaluation.harness import EvalConfig, _as_run, noisy_query, score_run
     from skulens.evaluation.ranking import learn_weight
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
-    from skulens.retrieval.retrievers import DenseRetriever, HybridRetriever, LexicalRetriever, SearchQuery
-    from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+    from skulens.retrieval.retrievers import HybridRetriever, LexicalRetriever, SearchQuery
     from skulens.serving.spelling import SPELLERS, make_speller
     from skulens.settings import load_settings
 
     settings, cfg = load_settings(), EvalConfig()
-    products = read_table(settings, "homedepot", "products")
-    judgments = read_table(settings, "homedepot", "judgments")
-    ids = products.column("product_id").to_pylist()
-    titles = dict(zip(ids, products.column("title").to_pylist(), strict=True))
-    qrels: dict[str, dict[str, int]] = {}
-    for row in judgments.to_pylist():
-        qrels.setdefault(row["query"], {})[row["product_id"]] = to_rel(row["grade"], row["source"])
+    products, ids, titles, qrels = homedepot(settings)
     test, train = _split(settings, qrels, cfg)
     noise = random.Random(cfg.seed + 1)  # the harness's corruption of the held-out queries, exactly
     noisy = {q: noisy_query(q, noise) for q in test}
@@ -63,12 +55,7 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
 
     retrievers = {"bm25": LexicalRetriever(BM25Index.build(products, LexicalConfig.from_settings(settings.retrieval)))}
     if not args.no_dense:
-        encoder, vectors = _vectors(settings, ids, titles)
-        paths = products.column("category_path").to_pylist()
-        store = ShardedVectorIndex.build(ids, vectors, [p[0] if p else None for p in paths],
-                                         VectorIndexConfig(**settings.retrieval.vector.model_dump()),
-                                         model_version="minilm")
-        dense = DenseRetriever(store, encoder)
+        dense = minilm_dense(settings, products, ids, titles)
         train_q = [SearchQuery(text=q) for q in train]
         weight, _ = learn_weight(dict(zip(train, dense.search_batch(train_q, cfg.depth), strict=True)),
                                  dict(zip(train, retrievers["bm25"].search_batch(train_q, cfg.depth), strict=True)),
