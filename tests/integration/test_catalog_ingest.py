@@ -150,13 +150,16 @@ def test_train_and_export_dag_registers_and_gates(settings_at, airflow_db):
     assert run.state == DagRunState.SUCCESS, latest.get("error")
     assert latest["status"] == "success" and not latest["not_run"]
     emb, rr = latest["summary"]["embedder"], latest["summary"]["reranker"]
-    assert {row["baseline"] for row in emb["lift"]} == {"untrained_projections", "text_only_minilm"}
+    assert {row["baseline"] for row in emb["lift"]} == {"untrained_projections", "text_only_minilm", "imagenet_trunk"}
     assert emb["registered"] == {"name": "skulens-embedder", "version": 1}
     assert emb["gate"]["promoted"] and emb["gate"]["champion_after"] == 1, emb["gate"]
     lift = {row["baseline"]: row for row in emb["lift"]}
     test = json.loads((settings_at.reports_dir / "train_and_export" / "latest.json").read_text())
     metrics = test["stages"]["evaluate_embedder"]["result"]["test"]
     trained, untrained, minilm = metrics["trained"], metrics["untrained_projections"], metrics["text_only_minilm"]
+    # Photo -> photo before any training (the ImageNet trunk's own features) sits beside the trained tower.
+    assert set(metrics["imagenet_trunk"]) == {"i2i_P@10", "i2i_P@10_type"}
+    assert metrics["imagenet_trunk"]["i2i_P@10_type"] >= metrics["imagenet_trunk"]["i2i_P@10"]
     # Stated margins on the held-out fashion split (attribute-derived queries): trained heads against
     # untrained projections and against text-only MiniLM.
     assert trained["image_only_nDCG@10"] >= untrained["image_only_nDCG@10"] + 0.2, (trained, untrained)

@@ -97,3 +97,19 @@ def test_pools_are_stable_and_sized_by_share():
     pools = [pool_of(str(i)) for i in range(5000)]
     assert pools == [pool_of(str(i)) for i in range(5000)]
     assert 0.17 < pools.count("test") / 5000 < 0.23 and 0.10 < pools.count("val") / 5000 < 0.16
+
+
+def test_photo_to_photo_of_a_split_counts_type_and_type_plus_colour():
+    from skulens.data.pairs import ProductSet
+    from skulens.evaluation.embedder import photo_to_photo
+
+    ids = [str(i) for i in range(12)]
+    attributes = [{"article_type": "shirt" if i < 6 else "shoe", "colour": "red" if i % 2 else "blue"}
+                  for i in range(12)]
+    products = ProductSet("test", ids, [b""] * 12, ids, ids, ids, attributes)
+    # Vectors that know the type exactly and the colour not at all.
+    vectors = np.array([[1.0, 0.0] if a["article_type"] == "shirt" else [0.0, 1.0] for a in attributes])
+    vectors += np.random.default_rng(0).normal(0, 1e-3, vectors.shape)
+    out = photo_to_photo(products, vectors)
+    assert out["i2i_P@10_type"] == pytest.approx(0.5)  # 5 same-type photos in the top 10, then the others
+    assert out["i2i_P@10"] == pytest.approx(0.2)  # the 2 same type + colour are among those 5

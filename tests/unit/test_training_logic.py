@@ -61,6 +61,9 @@ def test_lift_table_names_each_baseline():
     assert rows["degraded_title_fused_nDCG@10"]["baseline_metric"] == "degraded_title_text_nDCG@10"
     assert rows["degraded_title_fused_nDCG@10"]["delta"] == pytest.approx(0.2)
     assert rows["full_title_fused_nDCG@10"]["delta"] is None  # missing numbers stay missing
+    assert "i2i_P@10_type" not in rows  # no imagenet_trunk baseline given: its rows are left out
+    with_trunk = lift_table({**test, "imagenet_trunk": {"i2i_P@10_type": 0.7}})
+    assert [r["before"] for r in with_trunk if r["baseline"] == "imagenet_trunk"] == [None, 0.7]
 
 
 def test_listwise_loss_prefers_the_graded_order():

@@ -89,12 +89,23 @@ def evaluate_split(products: ProductSet, emb: SplitEmbeddings, qrels: Qrels,
         own = {str(i): {pid: 1} for i, pid in enumerate(ids)}
         run = dense_run(list(own), emb.titles, ids, emb.images, k=10)
         metrics.update({f"t2i_{m}": v for m, v in evaluate(own, run, ["R@1", "R@5", "R@10"]).items()})
-        keys = [(a.get("article_type"), a.get("colour")) for a in products.attributes]
+        metrics.update(photo_to_photo(products, emb.images))
+    return metrics, chosen
+
+
+def photo_to_photo(products: ProductSet, images: np.ndarray) -> dict[str, float]:
+    """Each photo of the split queries the others (itself excluded): P@10 of the same article type
+    and colour (``i2i_P@10``) and of the same type (``i2i_P@10_type``)."""
+    ids = products.product_ids
+    images = normalise(np.asarray(images, dtype=np.float32))
+    run = dense_run(ids, images, ids, images, k=10, exclude=ids)
+    out = {}
+    for metric, fields in (("i2i_P@10", ("article_type", "colour")), ("i2i_P@10_type", ("article_type",))):
+        keys = [tuple(a.get(f) for f in fields) for a in products.attributes]
         same = {pid: {other: 1 for other, ko in zip(ids, keys, strict=True) if ko == k and other != pid}
                 for pid, k in zip(ids, keys, strict=True)}
-        run = dense_run(ids, emb.images, ids, emb.images, k=10, exclude=ids)
-        metrics["i2i_P@10"] = evaluate(same, run, ["P@10"])["P@10"]
-    return metrics, chosen
+        out[metric] = evaluate(same, run, ["P@10"])["P@10"]
+    return out
 
 
 def minilm_embeddings(products: ProductSet, query_texts: list[str]) -> SplitEmbeddings:

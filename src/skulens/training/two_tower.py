@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from skulens.data.pairs import ProductSet, load_split
-from skulens.evaluation.embedder import SplitEmbeddings, attribute_queries, evaluate_split, minilm_embeddings
+from skulens.evaluation.embedder import (
+    SplitEmbeddings,
+    attribute_queries,
+    evaluate_split,
+    minilm_embeddings,
+    photo_to_photo,
+)
 from skulens.models.two_tower import TwoTower
 from skulens.settings import Settings
 from skulens.training.config import TwoTowerTrainConfig
@@ -366,7 +372,7 @@ def evaluate_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, bundle: 
     are chosen on the validation split and then applied unchanged to the test split.
     """
     from skulens.data.catalog import read_table
-    from skulens.training.features import split_features
+    from skulens.training.features import image_trunk_features, split_features
 
     started = time.perf_counter()
     device = _device(cfg)
@@ -387,9 +393,16 @@ def evaluate_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, bundle: 
 
     trained, trained_w = score(TwoTower.load(bundle, cache_dir=cache_dir, device=device))
     _seed_everything(cfg.seed)
-    untrained, _ = score(TwoTower.build(cfg.model, cache_dir=cache_dir, device=device))
+    untrained_tower = TwoTower.build(cfg.model, cache_dir=cache_dir, device=device)
+    untrained, _ = score(untrained_tower)
     minilm, _ = evaluate_split(test, minilm_embeddings(test, test_q), test_qrels)
     test_metrics = {"trained": trained, "untrained_projections": untrained, "text_only_minilm": minilm}
+    if untrained_tower.spec.separable_towers:
+        # Photo -> photo before any training: the image trunk's own pooled features (ImageNet
+        # weights for the packaged Lite0), no projection at all; cached with the split's features.
+        trunk = (split_features(untrained_tower, test, feature_cache).images if cfg.precompute_features
+                 else image_trunk_features(untrained_tower, test.images, cache_dir=cache_dir))
+        test_metrics["imagenet_trunk"] = photo_to_photo(test, trunk)
     result = {"bundle": str(bundle), "fusion_weights": trained_w, "test": test_metrics,
               "lift": lift_table(test_metrics),
               "data": {"test_products": len(test), "test_queries": len(test_q),
@@ -428,6 +441,8 @@ LIFT_ROWS = (
     ("full titles: fused vs text-only MiniLM nDCG@10", "full_title_fused_nDCG@10", "text_only_minilm"),
     ("title→own photo recall@10", "t2i_R@10", "untrained_projections"),
     ("photo→photo precision@10 (same type+colour)", "i2i_P@10", "untrained_projections"),
+    ("photo→photo precision@10 (same type+colour) vs the trunk's own features", "i2i_P@10", "imagenet_trunk"),
+    ("photo→photo precision@10 (same type) vs the trunk's own features", "i2i_P@10_type", "imagenet_trunk"),
 )
 
 
@@ -435,6 +450,8 @@ def lift_table(test: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Before/after rows on the test split, each against its named baseline."""
     rows = []
     for label, metric, baseline in LIFT_ROWS:
+        if baseline not in test:
+            continue  # a baseline the model cannot have (no separable image trunk)
         base_metric = metric.replace("_fused_", "_text_") if baseline == "text_only_minilm" else metric
         before = test[baseline].get(base_metric)
         after = test["trained"].get(metric)
