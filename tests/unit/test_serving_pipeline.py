@@ -155,7 +155,10 @@ def test_batched_encoder_and_reranker_rank_as_the_plain_ones_under_concurrent_se
     # the scorer takes one query per pair, as the ONNX and PyTorch rerankers do
     encoder = BatchedEncoder(parts["encoder"], on_batch=lambda model, size: sizes.append(size))
     reranker = BatchedReranker(lambda qs, ts: parts["reranker"](qs[0], ts))
-    batched = SearchPipeline(**{**parts, "encoder": encoder, "reranker": reranker})
+    # This test is about the batched order, not budgets: no stage timeout, so a loaded CI machine
+    # cannot turn a slow batch into a fallback (the timeouts have their own tests above).
+    untimed = ServingConfig(total_budget_ms=60_000, stage_timeout_ms={})
+    batched = SearchPipeline(**{**parts, "encoder": encoder, "reranker": reranker}, config=untimed)
     queries = [f"{c} {k}" for c in ("red", "blue", "green", "black") for k in ("shirt", "dress", "sneaker")] * 2
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(lambda q: _search(batched, text=q, k=5), queries))
