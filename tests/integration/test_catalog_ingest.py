@@ -624,8 +624,11 @@ def test_deploy_canary_with_two_workers_under_load_rolls_back_a_broken_index_and
         shutil.rmtree(store.versions / name, ignore_errors=True)
         shutil.copytree(store.versions / current, store.versions / name)
     (store.versions / broken / "products.parquet").unlink()  # no worker can load this version
+    # Latency is not what this test judges: on 2 shared CI cores one search of a freshly loaded canary
+    # can land in the 1 s histogram bucket, and with ten requests a window that is its p95.
     rules = settings_at.serving.canary.model_copy(update={"hold_s": 6.0, "min_requests": 10, "min_clicks": 5,
-                                                           "max_p95_ms": 30000.0, "max_p95_ratio": 20.0})
+                                                           "max_p95_ms": 30000.0, "max_p95_ratio": 20.0,
+                                                           "p95_slack_ms": 5000.0})
     fast = settings_at.model_copy(update={"serving": settings_at.serving.model_copy(update={"canary": rules})})
     env = {"SKULENS__SERVING__WORKERS": "2", "SKULENS__SERVING__TOTAL_BUDGET_MS": "30000",
            "SKULENS__SERVING__STAGE_TIMEOUT_MS": "{}", "SKULENS__SERVING__ADMISSION__MAX_WAITING": "64",
