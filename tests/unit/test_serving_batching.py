@@ -62,11 +62,11 @@ def test_a_lone_call_runs_at_once_and_a_latency_cap_holds_a_partial_batch_only_t
     greedy = MicroBatcher(lambda items: items, max_batch=32)
     started = time.perf_counter()
     assert greedy("x") == "x"
-    assert time.perf_counter() - started < 0.05
-    capped = MicroBatcher(lambda items: items, max_batch=32, max_wait_ms=60)
+    assert time.perf_counter() - started < 0.25  # well under the cap below, with room for a loaded CI machine
+    capped = MicroBatcher(lambda items: items, max_batch=32, max_wait_ms=300)
     started = time.perf_counter()
     assert capped("x") == "x"
-    assert 0.05 <= time.perf_counter() - started < 1.0
+    assert 0.3 <= time.perf_counter() - started < 2.0
     greedy.close()
     capped.close()
 

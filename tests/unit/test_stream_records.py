@@ -101,7 +101,7 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     log = EventLog(Stuck(tmp_path), max_queue=10, max_batch=1, on_drop=lambda reason, n: drops.append(reason))
     started = time.perf_counter()
     accepted = sum(log.offer({"n": n}) for n in range(100))
-    assert time.perf_counter() - started < 0.1  # never waits for the writer
+    assert time.perf_counter() - started < 0.45  # never waits for the writer (one stuck write takes 0.5 s)
     assert accepted <= 12 and drops.count("queue_full") == 100 - accepted
     log.close(timeout_s=20)
     assert log.written == accepted
@@ -143,7 +143,7 @@ def test_the_feature_cache_flags_a_store_that_is_down_or_stale(tmp_path):
             raise OnlineStoreError("connection refused")
         return store
 
-    cache = FeatureCache(opener, refresh_s=60, stale_s=0.2)
+    cache = FeatureCache(opener, refresh_s=60, stale_s=60)
     assert cache.status() == "features_unavailable"  # never read
     cache.refresh()
     assert cache.status() is None and cache.lookup("product:a") == {"ctr_prior": 0.2}
@@ -152,7 +152,7 @@ def test_the_feature_cache_flags_a_store_that_is_down_or_stale(tmp_path):
     up["ok"] = False
     cache._store = None  # the connection is lost
     assert cache.refresh() == 0 and "connection refused" in cache.last_error
-    time.sleep(0.25)
+    cache.refreshed_at -= 61  # age the last good refresh rather than sleep: a loaded CI machine is slow
     assert cache.status() == "features_stale" and cache.lookup("product:a") == {"ctr_prior": 0.5}
 
 
