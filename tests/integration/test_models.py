@@ -89,6 +89,36 @@ def test_offline_two_tower_from_packaged_weights(settings_at, shared_datasets, t
         tower.load_image(b"not an image")
 
 
+def test_the_colour_tower_carries_its_histogram_through_save_load_and_the_split_heads(
+        settings_at, shared_datasets, tmp_path):
+    """The shipped model (``skulens-offline-colour-mlp``): the trunk's features end in the photo's
+    colour histogram, the packaged trunk weights sit under the wrapper, and a saved bundle reloads
+    with the widened projection."""
+    import torch
+
+    from skulens.models.colour import colour_descriptors
+    from skulens.models.colour_tower import COLOUR_DIMS
+    from skulens.models.two_tower import TwoTower
+
+    cache = settings_at.home / "cache" / "models"
+    tower = TwoTower.build("skulens-offline-colour-mlp", cache_dir=cache)
+    photos = sorted((shared_datasets / "fashion" / "images").glob("*.jpg"))[:3]
+    with torch.inference_mode():
+        pixels = torch.stack([tower.load_image(p) for p in photos])
+        features = tower.image_trunk(pixels).numpy()
+    assert features.shape == (3, 1280 + COLOUR_DIMS)
+    colour = features[:, 1280:] / tower.spec.colour_scale
+    # The model's input is the 224 px centre crop, the numpy descriptor sees the whole photo: close, not equal.
+    assert (colour * colour_descriptors(photos)).sum(axis=1).min() > 0.9
+    saved = torch.load(cache / "efficientnet_lite0_open_clip_visual.pt", weights_only=True)
+    assert torch.equal(tower.model.visual.trunk.inner.conv_stem.weight, saved["trunk.conv_stem.weight"])
+    with torch.no_grad():  # a trained projection uses the colour columns (they start at zero)
+        tower.model.visual.head.mlp.fc1.weight[:, 1280:] = 0.05
+    images = tower.encode_images(photos)
+    reloaded = TwoTower.load(tower.save(tmp_path / "bundle"), cache_dir=cache)
+    assert np.allclose(reloaded.encode_images(photos), images, atol=1e-5)
+
+
 def test_tiny_training_resumes_evaluates_and_exports(settings_at, home, tmp_path):
     from skulens.data.catalog import read_table
     from skulens.data.pairs import load_split

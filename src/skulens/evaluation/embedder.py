@@ -86,11 +86,19 @@ def evaluate_split(products: ProductSet, emb: SplitEmbeddings, qrels: Qrels,
         metrics[f"{setting}_fusion_weight"] = best
     if emb.images is not None:
         metrics["image_only_nDCG@10"] = _ndcg(emb.queries, qrels, ids, emb.images)
-        own = {str(i): {pid: 1} for i, pid in enumerate(ids)}
-        run = dense_run(list(own), emb.titles, ids, emb.images, k=10)
-        metrics.update({f"t2i_{m}": v for m, v in evaluate(own, run, ["R@1", "R@5", "R@10"]).items()})
+        metrics.update(text_to_own_photo(products, emb.titles, emb.images))
         metrics.update(photo_to_photo(products, emb.images))
     return metrics, chosen
+
+
+def text_to_own_photo(products: ProductSet, texts: np.ndarray, images: np.ndarray) -> dict[str, float]:
+    """Each product's text vector (its display name) queries a photo-only index of the split:
+    recall@1/5/10 of its own photo (``t2i_R@k``)."""
+    ids = products.product_ids
+    own = {str(i): {pid: 1} for i, pid in enumerate(ids)}
+    run = dense_run(list(own), normalise(np.asarray(texts, dtype=np.float32)), ids,
+                    normalise(np.asarray(images, dtype=np.float32)), k=10)
+    return {f"t2i_{m}": v for m, v in evaluate(own, run, ["R@1", "R@5", "R@10"]).items()}
 
 
 def photo_to_photo(products: ProductSet, images: np.ndarray) -> dict[str, float]:

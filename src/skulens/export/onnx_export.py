@@ -228,7 +228,10 @@ def quantize_static_int8(source: Path, target: Path, input_name: str, calibratio
     prepared = target.with_name(target.stem + ".pre.onnx")
     quant_pre_process(str(clean), str(prepared), skip_symbolic_shape=True)
     clean.unlink(missing_ok=True)
-    exclude = list(keep_fp32 or []) + (early_convs(prepared) if keep_early_convs else [])
+    from skulens.models.colour_tower import outside_trunk_nodes
+
+    exclude = list(keep_fp32 or []) + (early_convs(prepared) if keep_early_convs else []) \
+        + outside_trunk_nodes(prepared)  # a colour branch and the head after it (none without one)
     quantize_static(str(prepared), str(target), _Calibration(input_name, calibration),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,

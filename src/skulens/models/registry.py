@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,6 +45,10 @@ class ModelSpec(BaseModel):
     # True when the towers are a frozen trunk + a projection head that can be split (timm image
     # trunk, HF text transformer): then frozen-trunk features can be precomputed for fast training.
     separable_towers: bool = False
+    # A colour histogram of the product region appended to the image trunk's features
+    # (:mod:`skulens.models.colour_tower`); ``colour_scale`` is its L2 norm next to the trunk's.
+    colour_branch: Literal["lab_l4ab8"] | None = None
+    colour_scale: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -54,6 +58,8 @@ class ModelSpec(BaseModel):
             vision, text = self.model_cfg.get("vision_cfg", {}), self.model_cfg.get("text_cfg", {})
             if "timm_model_name" not in vision or "hf_model_name" not in text:
                 raise ValueError("separable_towers needs a timm image tower and an HF text tower")
+        if self.colour_branch and not self.separable_towers:
+            raise ValueError("colour_branch needs separable towers (a timm image trunk with a linear projection)")
         return self
 
     @property

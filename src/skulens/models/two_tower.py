@@ -86,6 +86,12 @@ class TwoTower:
                 spec.open_clip_name, pretrained=pretrained, device=device, **kwargs)
         except RuntimeError as exc:
             raise ConfigError(f"model {spec.name!r}: could not load pretrained weights {pretrained!r}: {exc}") from exc
+        if spec.colour_branch:
+            from skulens.models.colour_tower import add_colour_branch
+
+            pre = model.visual.preprocess_cfg
+            add_colour_branch(model, tuple(pre["mean"]), tuple(pre["std"]), spec.colour_scale)
+            model.to(device)
         tokenizer = open_clip.get_tokenizer(spec.open_clip_name)
         model.eval()
         return cls(model, preprocess, tokenizer, spec, device)

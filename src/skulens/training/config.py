@@ -35,6 +35,11 @@ class TwoTowerTrainConfig(BaseModel):
     precompute_features: bool = True
     text_text_weight: float = Field(0.0, ge=0)
     degrade_title_prob: float = Field(0.0, ge=0, le=1)
+    # Auxiliary classification of the photo vector into the catalogue's labels (article type,
+    # colour, gender): pulls photos of one type and colour together, which the image-text loss
+    # alone leaves to the titles' wording. The classifiers are dropped after training.
+    label_loss_weight: float = Field(0.0, ge=0)
+    label_fields: list[str] = Field(default_factory=lambda: ["article_type", "colour", "gender"])
     grad_accum_steps: int = Field(1, ge=1)
     seed: int = 13
     max_train_products: int | None = Field(None, ge=2)

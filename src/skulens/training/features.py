@@ -101,6 +101,10 @@ def image_trunk_features(model: TwoTower, images: Sequence[str | bytes], batch_s
 def _digest(model: TwoTower, *parts: object) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(model.spec.model_dump(mode="json"), sort_keys=True).encode())
+    if model.spec.colour_branch:  # the branch's sampling is code, not spec: a change must miss the cache
+        from skulens.models.colour_tower import PIXEL_STRIDE
+
+        h.update(f"colour-stride-{PIXEL_STRIDE}".encode())
     for part in parts:
         h.update(json.dumps(part, default=lambda b: hashlib.sha256(b).hexdigest()).encode())
     return h.hexdigest()[:16]

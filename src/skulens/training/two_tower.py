@@ -96,7 +96,18 @@ def _loss_fn(cfg: TwoTowerTrainConfig, d: Dist):  # noqa: ANN202
     return open_clip.ClipLoss(local_loss=d.world > 1, gather_with_grad=d.world > 1, rank=d.rank, world_size=d.world)
 
 
-def _make_module(tower: TwoTower, cfg: TwoTowerTrainConfig):  # noqa: ANN202
+def label_targets(products: ProductSet, fields: list[str]) -> tuple[dict[str, list[str]], np.ndarray]:
+    """Class names per label field (sorted, from ``products``) and a (N, fields) int array of each
+    product's class, -1 where the product has no value (ignored by the loss)."""
+    classes = {f: sorted({a[f] for a in products.attributes if a.get(f)}) for f in fields}
+    index = {f: {c: i for i, c in enumerate(names)} for f, names in classes.items()}
+    targets = np.array([[index[f].get(a.get(f, ""), -1) for f in fields] for a in products.attributes],
+                       dtype=np.int64).reshape(len(products), len(fields))
+    return classes, targets
+
+
+def _make_module(tower: TwoTower, cfg: TwoTowerTrainConfig, label_classes: dict[str, list[str]] | None = None
+                 ):  # noqa: ANN202
     import torch
     from torch import nn
 
@@ -108,6 +119,10 @@ def _make_module(tower: TwoTower, cfg: TwoTowerTrainConfig):  # noqa: ANN202
             self.clip = tower.model
             self.logit_bias_extra = nn.Parameter(torch.tensor(-10.0)) if cfg.loss == "siglip" and \
                 getattr(tower.model, "logit_bias", None) is None else None
+            # One linear classifier per label field over the unit photo vector (cosine logits x 16):
+            # training-time only, never saved in the bundle.
+            self.label_heads = nn.ModuleList(
+                nn.Linear(tower.embed_dim, max(1, len(names)), bias=False) for names in (label_classes or {}).values())
 
         def forward(self, image, text, attr=None, title=None):  # noqa: ANN001, ANN202
             norm = nn.functional.normalize
@@ -121,6 +136,16 @@ def _make_module(tower: TwoTower, cfg: TwoTowerTrainConfig):  # noqa: ANN202
                 za = self.clip.encode_text(attr, normalize=True) if attr is not None else None
                 zti = self.clip.encode_text(title, normalize=True) if title is not None else None
             return zi, zt, za, zti
+
+        def label_loss(self, zi, targets):  # noqa: ANN001, ANN202
+            """Mean cross-entropy of the label classifiers on the photo vectors ``zi``."""
+            losses = []
+            for j, head in enumerate(self.label_heads):
+                weight = nn.functional.normalize(head.weight, dim=-1)
+                logits = 16.0 * zi.float() @ weight.t()
+                if (targets[:, j] >= 0).any():
+                    losses.append(nn.functional.cross_entropy(logits, targets[:, j], ignore_index=-1))
+            return torch.stack(losses).mean() if losses else zi.sum() * 0
 
         def bias(self):  # noqa: ANN202
             own = getattr(self.clip, "logit_bias", None)
@@ -256,7 +281,8 @@ def train_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, pairs_dir: 
     base_val, base_w = evaluate_split(val, _embed(tower, val, val_q, feats.get("val"), val_qf), val_qrels)
 
     _lock(tower, cfg)
-    module = _make_module(tower, cfg).to(device)
+    label_classes, label_ids = label_targets(train, cfg.label_fields) if cfg.label_loss_weight > 0 else ({}, None)
+    module = _make_module(tower, cfg, label_classes).to(device)
     trainable = [p for p in module.parameters() if p.requires_grad]
     model_for_step = module
     if d.world > 1:
@@ -315,6 +341,9 @@ def train_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, pairs_dir: 
                 loss = loss_fn(zi, zt, scale, *extra)
                 if cfg.text_text_weight > 0 and za is not None:
                     loss = loss + cfg.text_text_weight * loss_fn(za, zti, scale, *extra)
+                if label_ids is not None:
+                    targets = torch.from_numpy(label_ids[idx]).to(device)
+                    loss = loss + cfg.label_loss_weight * module.label_loss(zi, targets)
             scaler.scale(loss / cfg.grad_accum_steps).backward()
             if (step + 1) % cfg.grad_accum_steps == 0 or step + 1 == len(batches):
                 scaler.step(optimizer)
@@ -355,6 +384,7 @@ def train_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, pairs_dir: 
         "data": {"pairs_dir": str(pairs_dir), "source": cfg.data_source, "train_products": len(train),
                  "val_products": len(val), "val_queries": len(val_q),
                  "queries": "attribute-derived (gender colour article-type), not real shopper queries"},
+        "label_classes": {f: len(names) for f, names in label_classes.items()},
         "best_epoch": best["epoch"], "fusion_weights": best["weights"], "history": history,
         "val": {"trained": best["metrics"], "untrained_projections": base_val},
         "timings": {**timings, "total_s": round(time.perf_counter() - started, 1)},
@@ -402,6 +432,10 @@ def evaluate_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, bundle: 
         # weights for the packaged Lite0), no projection at all; cached with the split's features.
         trunk = (split_features(untrained_tower, test, feature_cache).images if cfg.precompute_features
                  else image_trunk_features(untrained_tower, test.images, cache_dir=cache_dir))
+        if untrained_tower.spec.colour_branch:  # the trunk's own features, without the colour histogram
+            from skulens.models.colour_tower import COLOUR_DIMS
+
+            trunk = trunk[:, :-COLOUR_DIMS]
         test_metrics["imagenet_trunk"] = photo_to_photo(test, trunk)
     result = {"bundle": str(bundle), "fusion_weights": trained_w, "test": test_metrics,
               "lift": lift_table(test_metrics),
