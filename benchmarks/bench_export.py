@@ -27,6 +27,9 @@ from _report import machine_description, write_report
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The served static INT8 recipe of the image tower (skulens.export.onnx_export).
+STATIC_IMAGE = "ONNX INT8 (static QDQ; stem, stages 0-1 and any colour branch + head fp32)"
+
 def timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
     fn()
     out = []
@@ -121,7 +124,7 @@ def main() -> None:
     rows += measure("image tower", {
         "torch fp32": torch_image,
         "ONNX fp32": lambda x: run(sess["image_fp32"], pixels=x),
-        "ONNX INT8 (static QDQ, stem + stages 0-1 fp32)": lambda x: run(sess["image_static"], pixels=x),
+        STATIC_IMAGE: lambda x: run(sess["image_static"], pixels=x),
         "ONNX INT8 (dynamic)": lambda x: run(sess["image_dynamic"], pixels=x),
     }, pixels[:1], pixels[:32], args.repeats)
 
@@ -132,7 +135,7 @@ def main() -> None:
     parity["text tower ONNX INT8 (dynamic)"] = cos(ref_t, run(sess["text_int8"], input_ids=tokens[:64]))
     parity["text tower ONNX INT8 (dynamic, whole FFN fp32)"] = cos(ref_t, run(sess["text_int8_ffn"],
                                                                              input_ids=tokens[:64]))
-    parity["image tower ONNX INT8 (static QDQ, stem + stages 0-1 fp32)"] = cos(
+    parity["image tower " + STATIC_IMAGE] = cos(
         ref_i, run(sess["image_static"], pixels=pixels[:64]))
     parity["image tower ONNX INT8 (dynamic)"] = cos(ref_i, run(sess["image_dynamic"], pixels=pixels[:64]))
 
