@@ -150,7 +150,8 @@ def test_train_and_export_dag_registers_and_gates(settings_at, airflow_db):
     assert run.state == DagRunState.SUCCESS, latest.get("error")
     assert latest["status"] == "success" and not latest["not_run"]
     emb, rr = latest["summary"]["embedder"], latest["summary"]["reranker"]
-    assert {row["baseline"] for row in emb["lift"]} == {"untrained_projections", "text_only_minilm", "imagenet_trunk"}
+    assert {row["baseline"] for row in emb["lift"]} == {"untrained_projections", "text_only_minilm", "imagenet_trunk",
+                                                        "tfidf_display_names"}
     assert emb["registered"] == {"name": "skulens-embedder", "version": 1}
     assert emb["gate"]["promoted"] and emb["gate"]["champion_after"] == 1, emb["gate"]
     lift = {row["baseline"]: row for row in emb["lift"]}

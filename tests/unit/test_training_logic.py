@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from skulens.data.pairs import ProductSet, degrade_title
@@ -64,6 +65,24 @@ def test_lift_table_names_each_baseline():
     assert "i2i_P@10_type" not in rows  # no imagenet_trunk baseline given: its rows are left out
     with_trunk = lift_table({**test, "imagenet_trunk": {"i2i_P@10_type": 0.7}})
     assert [r["before"] for r in with_trunk if r["baseline"] == "imagenet_trunk"] == [None, 0.7]
+
+
+def test_tfidf_display_names_find_the_same_type_and_colour_first():
+    from skulens.evaluation.embedder import photo_to_photo, tfidf_vectors
+
+    titles = ["Nike Men Navy Blue Tshirt", "Puma Men Navy Blue Tshirt", "Nike Women Red Heels", "Bata Women Red Heels"]
+    vectors = tfidf_vectors(titles)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -1)
+    assert sims.argmax(axis=1).tolist() == [1, 0, 3, 2]  # shared rare words beat the shared brand
+    attrs = [{"article_type": t, "colour": c} for t, c in (("Tshirts", "Navy Blue"), ("Tshirts", "Navy Blue"),
+                                                           ("Heels", "Red"), ("Heels", "Red"))]
+    products = ProductSet("test", ["a", "b", "c", "d"], ["", "", "", ""], titles, titles, titles, attrs)
+    scores = photo_to_photo(products, vectors)
+    assert scores["i2i_P@10"] == pytest.approx(0.1)  # one right of ten: the only other match, found
+    assert lift_table({"trained": {"i2i_P@10": 0.3}, "tfidf_display_names": scores})[0]["baseline"] == \
+        "tfidf_display_names"
 
 
 def test_listwise_loss_prefers_the_graded_order():

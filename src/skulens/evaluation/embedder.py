@@ -17,6 +17,8 @@ Settings (every one scored with ir-measures):
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +116,23 @@ def photo_to_photo(products: ProductSet, images: np.ndarray) -> dict[str, float]
                 for pid, k in zip(ids, keys, strict=True)}
         out[metric] = evaluate(same, run, ["P@10"])["P@10"]
     return out
+
+
+def tfidf_vectors(texts: list[str]) -> np.ndarray:
+    """(N, vocabulary) unit rows of sublinear TF-IDF over lower-cased word tokens (smoothed idf, as
+    scikit-learn's default): the text reference for photo -> photo, since a product's display name
+    usually states its type and colour."""
+    docs = [Counter(re.findall(r"\w+", (t or "").lower())) for t in texts]
+    vocabulary = {w: i for i, w in enumerate(sorted({w for d in docs for w in d}))}
+    df = np.zeros(max(1, len(vocabulary)), dtype=np.float64)
+    for d in docs:
+        df[[vocabulary[w] for w in d]] += 1
+    idf = np.log((1 + len(docs)) / (1 + df)) + 1
+    out = np.zeros((len(docs), max(1, len(vocabulary))), dtype=np.float32)
+    for row, d in enumerate(docs):
+        for w, tf in d.items():
+            out[row, vocabulary[w]] = (1 + np.log(tf)) * idf[vocabulary[w]]
+    return normalise(out)
 
 
 def minilm_embeddings(products: ProductSet, query_texts: list[str]) -> SplitEmbeddings:

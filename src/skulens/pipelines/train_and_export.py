@@ -104,7 +104,8 @@ def register_embedder(settings: Settings, run_id: str, params: TrainParams) -> d
         evaluated = _previous(settings, run_id, "evaluate_embedder")
         metrics = _final_metrics(evaluated["test"], {"trained": "test_", "untrained_projections": "baseline_untrained_",
                                                      "text_only_minilm": "baseline_minilm_",
-                                                     "imagenet_trunk": "baseline_imagenet_trunk_"})
+                                                     "imagenet_trunk": "baseline_imagenet_trunk_",
+                                                     "tfidf_display_names": "reference_tfidf_names_"})
         card = model_card(
             f"skulens-embedder ({trained['model']}, run {run_id})",
             data={**trained["data"], **evaluated["data"]},

@@ -36,6 +36,7 @@ from skulens.evaluation.embedder import (
     evaluate_split,
     minilm_embeddings,
     photo_to_photo,
+    tfidf_vectors,
 )
 from skulens.models.two_tower import TwoTower
 from skulens.settings import Settings
@@ -437,6 +438,9 @@ def evaluate_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, bundle: 
 
             trunk = trunk[:, :-COLOUR_DIMS]
         test_metrics["imagenet_trunk"] = photo_to_photo(test, trunk)
+    # The text reference: each product's display name, TF-IDF, finds the photos of the same type and
+    # colour (titles usually name both; an upper-side reference, not a bar for a photo alone).
+    test_metrics["tfidf_display_names"] = photo_to_photo(test, tfidf_vectors(test.titles))
     result = {"bundle": str(bundle), "fusion_weights": trained_w, "test": test_metrics,
               "lift": lift_table(test_metrics),
               "data": {"test_products": len(test), "test_queries": len(test_q),
@@ -477,6 +481,10 @@ LIFT_ROWS = (
     ("photo→photo precision@10 (same type+colour)", "i2i_P@10", "untrained_projections"),
     ("photo→photo precision@10 (same type+colour) vs the trunk's own features", "i2i_P@10", "imagenet_trunk"),
     ("photo→photo precision@10 (same type) vs the trunk's own features", "i2i_P@10_type", "imagenet_trunk"),
+    ("photo→photo precision@10 (same type+colour) vs TF-IDF display names (text reference)", "i2i_P@10",
+     "tfidf_display_names"),
+    ("photo→photo precision@10 (same type) vs TF-IDF display names (text reference)", "i2i_P@10_type",
+     "tfidf_display_names"),
 )
 
 
