@@ -139,9 +139,9 @@ def test_tiny_training_resumes_evaluates_and_exports(settings_at, home, tmp_path
     evaluated = evaluate_two_tower(settings_at, cfg2, bundle=out / "bundle", pairs_dir=pairs)
     baselines = {row["baseline"] for row in evaluated["lift"]}
     # The tiny model's towers are not separable: no trunk-features baseline (the offline model's is
-    # asserted in the integration chain).
-    assert baselines == {"untrained_projections", "text_only_minilm"}
-    assert set(evaluated["test"]) == {"trained", "untrained_projections", "text_only_minilm"}
+    # asserted in the integration chain); the TF-IDF text reference needs no trunk.
+    assert baselines == {"untrained_projections", "text_only_minilm", "tfidf_display_names"}
+    assert set(evaluated["test"]) == {"trained", "untrained_projections", "text_only_minilm", "tfidf_display_names"}
     assert {"i2i_P@10", "i2i_P@10_type"} <= set(evaluated["test"]["trained"])
     # The tiny random-init model is a plumbing test (the offline model's margins over its baselines
     # are asserted in the integration chain); here training must at least have changed the model.
