@@ -438,8 +438,8 @@ def evaluate_two_tower(settings: Settings, cfg: TwoTowerTrainConfig, *, bundle: 
 
             trunk = trunk[:, :-COLOUR_DIMS]
         test_metrics["imagenet_trunk"] = photo_to_photo(test, trunk)
-    # The text reference: each product's display name, TF-IDF, finds the photos of the same type and
-    # colour (titles usually name both; an upper-side reference, not a bar for a photo alone).
+    # The text reference: each product's display name, TF-IDF, finds the products of the same type and
+    # colour (titles usually name both); it ranks by words, not pixels, so it is a reference, not a bar.
     test_metrics["tfidf_display_names"] = photo_to_photo(test, tfidf_vectors(test.titles))
     result = {"bundle": str(bundle), "fusion_weights": trained_w, "test": test_metrics,
               "lift": lift_table(test_metrics),
