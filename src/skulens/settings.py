@@ -388,7 +388,8 @@ class ServingSettings(_Model):
     # The search request's total budget and each stage's timeout (ms); a late stage falls back.
     total_budget_ms: float = Field(150.0, gt=0)
     stage_timeout_ms: dict[str, float] = Field(default_factory=lambda: {
-        "normalise": 15.0, "rewrite": 40.0, "encode": 40.0, "retrieve": 40.0, "rerank": 60.0})
+        "normalise": 15.0, "rewrite": 40.0, "encode": 40.0, "retrieve": 40.0, "rescore": 20.0,
+        "rerank": 60.0})
     # Zero-result recovery (the LLM cascade past tier 0) has its own budget: an empty page is worse
     # than a slower one.
     recovery_budget_ms: float = Field(3000.0, ge=0)

@@ -46,7 +46,7 @@ from skulens.settings import Settings
 @dataclass(frozen=True)
 class EvalConfig:
     max_test_queries: int | None = 1000
-    max_train_queries: int | None = 2000
+    max_train_queries: int | None = 4000
     depth: int = 100
     rerank_depth: int = 30
     # auto: what an index of a catalogue without photos serves (the text-encoder champion when
@@ -224,7 +224,7 @@ def reranker_scorer(settings: Settings, choice: str | None) -> tuple[Scorer | No
 def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table, cfg: EvalConfig,
                     rerank: Callable[[str, list[str]], np.ndarray] | None = None) -> dict[str, Any]:
     """Full-corpus and rerank-setting metrics of every retriever on a judged text catalogue."""
-    from skulens.evaluation.ranking import learn_adaptive, learn_weight
+    from skulens.evaluation.ranking import UNJUDGED_REL, learn_adaptive, learn_rescorer, learn_weight
     from skulens.retrieval.filters import FilterColumns
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.retrieval.ranking import RankingPolicy
@@ -293,6 +293,20 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         retrievers["hybrid_adaptive"] = PolicyRetriever(
             dense, bm25, RankingPolicy(fusion_weight=weight, adaptive=adaptive), cfg.depth, "hybrid_adaptive")
     fused_name = "hybrid_adaptive" if adaptive is not None else "hybrid_weighted"
+    # The rescorer of the fused head, learned and gated as build_index learns it (unjudged
+    # candidates of these sparse human judgments at UNJUDGED_REL; attribute-style exhaustive
+    # grades at 0).
+    fused_policy = RankingPolicy(fusion_weight=weight, adaptive=adaptive)
+    train_fused = {q: fused_policy.fuse(train_dense[q], train_lexical[q], q) for q in train}
+    _progress(f"learning the rescorer on {len(train):,} training queries")
+    rescorer, rescore_measured = learn_rescorer({q: q for q in train}, {q: qrels[q] for q in train}, train_fused,
+                                                train_dense, train_lexical, titles, depth=cfg.depth,
+                                                unjudged_rel=UNJUDGED_REL if relevant > 1 else 0)
+    if rescorer is not None:
+        retrievers["hybrid_rescored"] = PolicyRetriever(
+            dense, bm25, RankingPolicy(fusion_weight=weight, adaptive=adaptive, rescorer=rescorer), cfg.depth,
+            "hybrid_rescored", titles=titles)
+        fused_name = "hybrid_rescored"
     blend, blend_scores = None, {}
     if rerank is not None:
         # The reranker's share is learned like the fusion weight, on (a few hundred) training queries.
@@ -329,7 +343,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         "corpus": {"products": len(ids), "encoder": encoder_label, "vector_index": store.manifest.get("config", {})
                    .get("kind"), "index_recall@10": store.manifest.get("recall@10")},
         "relevant_grade": relevant, "fusion_weight": weight, "fusion_weight_scores": tried,
-        "adaptive_fusion": adaptive_measured,
+        "adaptive_fusion": adaptive_measured, "rescore": rescore_measured,
         "rerank_depth": cfg.rerank_depth, "rerank_blend": blend, "rerank_blend_scores": blend_scores,
         "full_corpus": full, "rerank_setting": rerank_setting,
         "seconds": round(time.perf_counter() - started, 1),
@@ -600,6 +614,8 @@ def markdown(report: Mapping[str, Any]) -> str:
              f"encoder {judged['corpus']['encoder']} ({judged['corpus']['vector_index']}, index recall@10 "
              f"{judged['corpus']['index_recall@10']}); weighted fusion weight (dense share) "
              f"{judged['fusion_weight']} learned on {judged['queries']['train_for_fusion']:,} training queries; "
+             f"rescorer (LambdaMART over the fused top {judged.get('rescore', {}).get('depth')}, "
+             f"`hybrid_rescored`) kept: {judged.get('rescore', {}).get('kept', 'not learned')}; "
              f"reranker over the top {judged['rerank_depth']} with blend (reranker share) {judged['rerank_blend']}; "
              f"relevant = grade >= {judged['relevant_grade']}.", ""]
     for variant, rows in judged["full_corpus"].items():

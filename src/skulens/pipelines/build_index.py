@@ -160,16 +160,20 @@ def build_vector(settings: Settings, run_id: str) -> dict[str, Any]:
 # build process): serving adds a thread hand-off, micro-batching and the HTTP work of other
 # requests on the same cores around the model call.
 RERANK_BUDGET_SHARE = 0.75
+# Training queries learn_ranking reads: the rescorer (LambdaMART) needs thousands; the cross-encoder
+# part of learning uses the first few hundred of them.
+RANKING_QUERIES = 4000
 
 
 def learn_ranking(settings: Settings, run_id: str) -> dict[str, Any]:
-    """Learn this version's ranking policy (fusion weight, rerank depth and blend) on training
-    queries with the components that will serve it, and store it with the version (``ranking.json``).
+    """Learn this version's ranking policy (fusion weight, rescorer, rerank depth and blend) on
+    training queries with the components that will serve it, and store it with the version
+    (``ranking.json``, ``rescorer.txt`` when one was kept).
     A catalogue with neither judgments nor attribute queries gets the defaults, saying so."""
     import numpy as np
 
+    from skulens.evaluation.ranking import UNJUDGED_REL, ranking_queries
     from skulens.evaluation.ranking import learn_ranking as learn
-    from skulens.evaluation.ranking import ranking_queries
     from skulens.retrieval.encoders import query_vectors
     from skulens.retrieval.lexical import BM25Index
     from skulens.retrieval.ranking import RankingPolicy
@@ -180,7 +184,7 @@ def learn_ranking(settings: Settings, run_id: str) -> dict[str, Any]:
         embedded = _previous(settings, run_id, "embed")
         catalog, folder = embedded["catalog"], _staging(settings, embedded["catalog"], run_id)
         products = _snapshot(settings, run_id)
-        found = ranking_queries(settings, catalog, products)
+        found = ranking_queries(settings, catalog, products, limit=RANKING_QUERIES)
         if found is None:
             policy = RankingPolicy(learned_on=f"default: {catalog} has no judgments and no attribute queries "
                                               "to learn from")
@@ -196,6 +200,8 @@ def learn_ranking(settings: Settings, run_id: str) -> dict[str, Any]:
             budget = RERANK_BUDGET_SHARE * settings.serving.stage_timeout_ms.get("rerank", 60.0)
             policy = learn(texts, qrels, titles=titles, reranker=reranker, max_depth=settings.serving.rerank_top_k,
                            rerank_budget_ms=budget,
+                           # Attribute queries grade every product; human judgments only a few per query.
+                           unjudged_rel=0 if "attribute-derived" in source else UNJUDGED_REL,
                            encode=lambda batch: np.vstack([query_vectors(encoder, t, None) for t in batch]),
                            dense=lambda vectors, k: store.search(vectors, k=k),
                            lexical=lambda text, k: lexical.search(text, k=k),

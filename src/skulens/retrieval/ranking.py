@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,8 @@ class RankingPolicy:
     learned_on: str = "default: not learned (no ranking.json for this index version)"
     measured: Mapping[str, Any] = field(default_factory=dict)
     adaptive: AdaptiveWeight | None = None
+    # A learned rescorer of the fused head (skulens.retrieval.rescore), stored beside ranking.json.
+    rescorer: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fusion_weight <= 1.0 or not 0.0 <= self.rerank_blend <= 1.0:
@@ -147,6 +149,12 @@ class RankingPolicy:
         fused = weighted([], lexical, 0.0)
         return fused if sum(score > 0 for _, score in fused) >= places else None
 
+    def rescore(self, text: str | None, fused: Hits, dense: Hits, lexical: Hits, titles: Mapping[str, str]) -> Hits:
+        """``fused`` with its head in the learned rescorer's order (unchanged without a rescorer or text)."""
+        if self.rescorer is None or not text or not fused:
+            return list(fused)
+        return self.rescorer.rescore(text, fused, lexical, dense, titles)
+
     def rerank(self, head: Hits, scores: np.ndarray) -> Hits:
         """``head`` (the fused top ``rerank_depth``, with fused scores) reordered by the cross-encoder's
         ``scores``, blended with the fused scores when ``rerank_blend`` < 1. The returned scores are
@@ -165,12 +173,20 @@ class RankingPolicy:
         fusion = (f"fusion weight per query (adaptive, one of {', '.join(f'{w:g}' for w in self.adaptive.grid)}; "
                   f"{self.fusion_weight:g} without text)" if self.adaptive is not None
                   else f"fusion weight {self.fusion_weight:g}")
-        return f"{fusion}, rerank top {self.rerank_depth} with blend {self.rerank_blend:g}; {self.learned_on}"
+        rescore = f", rescore top {self.rescorer.depth} (LambdaMART)" if self.rescorer is not None else ""
+        return (f"{fusion}{rescore}, rerank top {self.rerank_depth} with blend {self.rerank_blend:g}; "
+                f"{self.learned_on}")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k != "adaptive"}
+        # Not asdict: it would deep-copy the rescorer's booster.
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("adaptive", "rescorer")}
+        out["measured"] = dict(self.measured)
         if self.adaptive is not None:
             out["adaptive"] = self.adaptive.to_dict()
+        if self.rescorer is not None:
+            from skulens.retrieval.rescore import FEATURES as RESCORE_FEATURES
+
+            out["rescore"] = {"depth": self.rescorer.depth, "features": list(RESCORE_FEATURES)}
         return out
 
     @classmethod
@@ -184,6 +200,8 @@ class RankingPolicy:
     def save(self, folder: Path) -> Path:
         path = Path(folder) / FILE
         path.write_text(json.dumps(self.to_dict(), indent=2, default=float), encoding="utf-8")
+        if self.rescorer is not None:
+            self.rescorer.save(Path(folder))
         return path
 
     @classmethod
@@ -192,4 +210,13 @@ class RankingPolicy:
         path = Path(folder) / FILE
         if not path.is_file():
             return cls()
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        policy = cls.from_dict(raw)
+        if raw.get("rescore"):
+            from dataclasses import replace
+
+            from skulens.retrieval.rescore import Rescorer
+
+            policy = replace(policy, rescorer=Rescorer.load(Path(folder), raw["rescore"]["depth"],
+                                                             raw["rescore"]["features"]))
+        return policy

@@ -135,26 +135,30 @@ class HybridRetriever(_Batched):
 
 class PolicyRetriever(HybridRetriever):
     """Dense + lexical candidates fused as an index version's :class:`RankingPolicy` fuses them (a
-    per-query weight when it learned one): the service's fusion, for evaluation."""
+    per-query weight when it learned one) and, when it learned a rescorer and ``titles`` are given,
+    the fused head rescored: the service's fusion and rescoring, for evaluation."""
 
     def __init__(self, dense: DenseRetriever, lexical: LexicalRetriever, policy: Any, depth: int = 100,
-                 name: str = "hybrid_policy") -> None:
+                 name: str = "hybrid_policy", titles: Mapping[str, str] | None = None) -> None:
         super().__init__(dense, lexical, "weighted", policy.fusion_weight, depth)
-        self.policy, self.name = policy, name
+        self.policy, self.name, self.titles = policy, name, titles or {}
+
+    def _ranked(self, text: str | None, dense: Hits, lexical: Hits) -> Hits:
+        if not text:
+            return dense
+        fused = self.policy.fuse(dense, lexical, text)
+        return self.policy.rescore(text, fused, dense, lexical, self.titles) if self.titles else fused
 
     def search(self, query: SearchQuery, k: int = 10, exclude: Collection[str] = ()) -> Hits:
         dense = self.dense.search(query, max(k, self.depth), exclude)
-        if not query.text:
-            return self._finish(dense, k)
-        return self._finish(self.policy.fuse(dense, self.lexical.search(query, max(k, self.depth), exclude),
-                                             query.text), k)
+        lexical = self.lexical.search(query, max(k, self.depth), exclude) if query.text else []
+        return self._finish(self._ranked(query.text, dense, lexical), k)
 
     def search_batch(self, queries: Sequence[SearchQuery], k: int = 10) -> list[Hits]:
         depth = max(k, self.depth)
         dense = self.dense.search_batch(queries, depth)
         lexical = self.lexical.search_batch(queries, depth)
-        return [self._finish(self.policy.fuse(d, lx, q.text) if q.text else d, k)
-                for q, d, lx in zip(queries, dense, lexical, strict=True)]
+        return [self._finish(self._ranked(q.text, d, lx), k) for q, d, lx in zip(queries, dense, lexical, strict=True)]
 
 
 class RerankedRetriever(_Batched):

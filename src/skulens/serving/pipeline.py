@@ -397,6 +397,18 @@ class SearchPipeline:
         for label, hits in (("dense", dense), ("bm25", lexical), ("fused", fused)):
             for pid, score in hits:
                 scores.setdefault(pid, {})[label] = round(float(score), 5)
+        if self.ranking.rescorer is not None and text and dense and lexical:
+            # The learned rescorer reorders the fused head (the same RankingPolicy.rescore that
+            # learning and skulens eval score); late or failing, the fused order stands.
+            fused_now = fused
+            rescored = stage("rescore", lambda: self.ranking.rescore(text, fused_now, dense, lexical, self.titles),
+                             "fused_order", None)
+            if rescored is not None:
+                for pid, score in rescored[:self.ranking.rescorer.depth]:
+                    scores[pid]["rescore"] = round(float(score), 5)
+                fused = rescored
+        elif self.ranking.rescorer is not None:
+            stages.append(StageReport("rescore", 0.0, "skipped", "no text" if not text else "one side had no hits"))
         order = [pid for pid, _ in fused]
         shed = self.config.shed_rerank_above is not None and inflight > self.config.shed_rerank_above
         if self.reranker is not None and text and order and request.rerank and shed:
@@ -520,8 +532,8 @@ class SearchPipeline:
 
         Only for a text search whose page no rule reorders from deeper candidates (no pins for the
         query, no per-category cap): the page is then the one the full fusion gives."""
-        if not text or request.image is not None or (self.ranking.adaptive is None
-                                                     and self.ranking.fusion_weight != 0.0):
+        if not text or request.image is not None or self.ranking.rescorer is not None or (
+                self.ranking.adaptive is None and self.ranking.fusion_weight != 0.0):
             return None, None
         if self.rules is not None and (self.rules.max_per_category > 0 or self.rules.pinned):
             return None, None
