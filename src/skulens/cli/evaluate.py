@@ -26,8 +26,8 @@ def eval_command(
     reranker: Annotated[str | None, typer.Option(
         help="Cross-encoder: 'champion' (registry), a model folder, or 'none'.")] = "champion",
     max_test_queries: Annotated[int, typer.Option(help="Held-out queries evaluated (seeded sample).")] = 1000,
-    max_train_queries: Annotated[int, typer.Option(help="Training queries the fusion weight is learned on.")]
-    = 2000,
+    max_train_queries: Annotated[int, typer.Option(
+        help="Training queries the fusion weight and the rescorer are learned on.")] = 4000,
     noisy: Annotated[bool, typer.Option(help="Also evaluate a noisy copy of the queries (typo, dropped word).")]
     = True,
 ) -> None:

@@ -130,7 +130,7 @@ def learn_ranking(texts: Mapping[str, str], qrels: Qrels, *, encode: Callable[[l
     else:
         measured["rescore"] = {"kept": "no: not asked"}
     if rescorer is not None:
-        fused = {q: rescorer.rescore(texts[q], fused[q], lexical_hits[q], dense_hits[q], titles) for q in qids}
+        fused = {q: rescorer.rescore(texts[q], fused[q], dense_hits[q], lexical_hits[q], titles) for q in qids}
     qids = qids[:rerank_queries]
     fused_ndcg = _ndcg(qrels, fused, qids)
     if reranker is None:
@@ -174,29 +174,28 @@ RESCORE_PARAMS = {"objective": "lambdarank", "learning_rate": 0.05, "num_leaves"
 RESCORE_ROUNDS = 200
 
 
-def _rescore_data(qids: Sequence[str], texts: Mapping[str, str], qrels: Qrels, fused: Mapping[str, Hits],
-                  dense: Mapping[str, Hits], lexical: Mapping[str, Hits], titles: Mapping[str, str], idf: Any,
-                  depth: int, unjudged_rel: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def _rescore_features(qids: Sequence[str], texts: Mapping[str, str], fused: Mapping[str, Hits],
+                      dense: Mapping[str, Hits], lexical: Mapping[str, Hits], titles: Mapping[str, str], idf: Any,
+                      depth: int) -> dict[str, np.ndarray]:
+    """Each query's feature block (its fused top ``depth``), computed once for every fit and score."""
     from skulens.retrieval.rescore import candidate_features
 
-    blocks, labels, groups = [], [], []
-    for q in qids:
-        head = fused[q][:depth]
-        if not head:
-            continue
-        blocks.append(candidate_features(texts[q], head, lexical.get(q, []), dense.get(q, []), titles, idf))
-        labels += [qrels[q].get(pid, unjudged_rel) for pid, _ in head]
-        groups.append(len(head))
-    width = len(blocks[0][0]) if blocks else 0
-    return (np.vstack(blocks) if blocks else np.zeros((0, width)), np.asarray(labels, dtype=np.int32), groups)
+    return {q: candidate_features(texts[q], fused[q][:depth], dense.get(q, []), lexical.get(q, []), titles, idf)
+            for q in qids}
 
 
-def _fit_rescorer(x: np.ndarray, y: np.ndarray, groups: list[int], seed: int) -> Any:
+def _fit_rescorer(qids: Sequence[str], blocks: Mapping[str, np.ndarray], qrels: Qrels, fused: Mapping[str, Hits],
+                  unjudged_rel: int, seed: int) -> Any:
+    """A LambdaMART booster on the feature blocks of ``qids``; ungraded candidates at ``unjudged_rel``."""
     import lightgbm
 
     from skulens.retrieval.rescore import FEATURES as RESCORE_FEATURES
 
-    data = lightgbm.Dataset(x, y, group=groups, feature_name=list(RESCORE_FEATURES), free_raw_data=False)
+    x = np.vstack([blocks[q] for q in qids])
+    y = np.asarray([qrels[q].get(pid, unjudged_rel) for q in qids for pid, _ in fused[q][:len(blocks[q])]],
+                   dtype=np.int32)
+    data = lightgbm.Dataset(x, y, group=[len(blocks[q]) for q in qids], feature_name=list(RESCORE_FEATURES),
+                            free_raw_data=False)
     return lightgbm.train({**RESCORE_PARAMS, "seed": seed}, data, RESCORE_ROUNDS)
 
 
@@ -220,6 +219,7 @@ def learn_rescorer(texts: Mapping[str, str], qrels: Qrels, fused: Mapping[str, H
         measured["kept"] = f"no: {len(qids)} training queries, fewer than {min_queries}"
         return None, measured
     idf = Idf.from_titles(titles.values())
+    blocks = _rescore_features(qids, texts, fused, dense, lexical, titles, idf, depth)
     rng = random.Random(seed)
     shuffled = qids[:]
     rng.shuffle(shuffled)
@@ -228,11 +228,9 @@ def learn_rescorer(texts: Mapping[str, str], qrels: Qrels, fused: Mapping[str, H
     for fold in range(folds):
         fit = [q for q in qids if assigned[q] != fold]
         held = [q for q in qids if assigned[q] == fold]
-        booster = _fit_rescorer(*_rescore_data(fit, texts, qrels, fused, dense, lexical, titles, idf, depth,
-                                               unjudged_rel), seed)
-        model = Rescorer(booster, depth, idf)
+        model = Rescorer(_fit_rescorer(fit, blocks, qrels, fused, unjudged_rel, seed), depth, idf)
         for q in held:
-            rescored[q] = model.rescore(texts[q], fused[q], lexical.get(q, []), dense.get(q, []), titles)
+            rescored[q] = model.reorder(fused[q], model.predict(blocks[q]))
     before, after = _ndcg(qrels, fused, qids), _ndcg(qrels, rescored, qids)
     measured.update({"cross_fitted_fused_nDCG@10": round(before, 5), "cross_fitted_rescored_nDCG@10": round(after, 5),
                      "folds": folds})
@@ -240,9 +238,7 @@ def learn_rescorer(texts: Mapping[str, str], qrels: Qrels, fused: Mapping[str, H
         measured["kept"] = f"no: rescored {after:.4f} <= fused {before:.4f} on queries it was not fitted on"
         return None, measured
     measured["kept"] = f"yes: rescored {after:.4f} > fused {before:.4f} on queries it was not fitted on"
-    booster = _fit_rescorer(*_rescore_data(qids, texts, qrels, fused, dense, lexical, titles, idf, depth,
-                                           unjudged_rel), seed)
-    return Rescorer(booster, depth, idf), measured
+    return Rescorer(_fit_rescorer(qids, blocks, qrels, fused, unjudged_rel, seed), depth, idf), measured
 
 
 def _rerank_p95_ms(reranker: Callable[[str, list[str]], np.ndarray], calls: list[tuple[str, list[str]]]) -> float:

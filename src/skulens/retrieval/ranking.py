@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ class RankingPolicy:
         """``fused`` with its head in the learned rescorer's order (unchanged without a rescorer or text)."""
         if self.rescorer is None or not text or not fused:
             return list(fused)
-        return self.rescorer.rescore(text, fused, lexical, dense, titles)
+        return self.rescorer.rescore(text, fused, dense, lexical, titles)
 
     def rerank(self, head: Hits, scores: np.ndarray) -> Hits:
         """``head`` (the fused top ``rerank_depth``, with fused scores) reordered by the cross-encoder's
@@ -213,8 +213,6 @@ class RankingPolicy:
         raw = json.loads(path.read_text(encoding="utf-8"))
         policy = cls.from_dict(raw)
         if raw.get("rescore"):
-            from dataclasses import replace
-
             from skulens.retrieval.rescore import Rescorer
 
             policy = replace(policy, rescorer=Rescorer.load(Path(folder), raw["rescore"]["depth"],

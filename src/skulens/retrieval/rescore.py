@@ -28,6 +28,7 @@ import numpy as np
 from skulens.retrieval.fusion import Hits
 
 FILE = "rescorer.txt"
+IDF_FILE = "rescorer_idf.json"
 FEATURES = ("bm25", "dense", "fused", "rank_bm25", "rank_dense", "rank_fused", "bm25_share", "dense_gap",
             "query_words", "title_words", "word_cover", "idf_cover", "last_word_in_title", "query_numbers",
             "number_cover", "pair_cover", "trigram_jaccard", "first_match_at", "query_top_bm25",
@@ -70,10 +71,10 @@ class Idf:
         return math.log(1 + (self.documents - df + 0.5) / (df + 0.5))
 
 
-def candidate_features(query: str, fused: Hits, lexical: Hits, dense: Hits, titles: Mapping[str, str],
+def candidate_features(query: str, fused: Hits, dense: Hits, lexical: Hits, titles: Mapping[str, str],
                        idf: Callable[[str], float]) -> np.ndarray:
-    """The feature matrix (``fused`` candidates x :data:`FEATURES`) of one query. ``lexical`` and
-    ``dense``: each side's hits with their scores (a candidate one side did not return has no score
+    """The feature matrix (``fused`` candidates x :data:`FEATURES`) of one query. ``dense`` and
+    ``lexical``: each side's hits with their scores (a candidate one side did not return has no score
     there: NaN)."""
     bm25 = dict(lexical)
     cosine = dict(dense)
@@ -122,27 +123,33 @@ class Rescorer:
             raise ValueError(f"rescore depth must be at least 1, got {depth}")
         self.booster, self.depth, self.idf = booster, int(depth), idf
 
-    def scores(self, query: str, fused: Hits, lexical: Hits, dense: Hits, titles: Mapping[str, str]) -> np.ndarray:
+    def scores(self, query: str, fused: Hits, dense: Hits, lexical: Hits, titles: Mapping[str, str]) -> np.ndarray:
         """The model's score of each of ``fused`` (higher: better)."""
         if not fused:
             return np.zeros(0)
-        return np.asarray(self.booster.predict(candidate_features(query, fused, lexical, dense, titles, self.idf),
-                                               num_threads=1), dtype=np.float64)
+        return self.predict(candidate_features(query, fused, dense, lexical, titles, self.idf))
 
-    def rescore(self, query: str, fused: Hits, lexical: Hits, dense: Hits, titles: Mapping[str, str]) -> Hits:
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """The model's scores of rows of :func:`candidate_features`."""
+        return np.asarray(self.booster.predict(features, num_threads=1), dtype=np.float64)
+
+    def rescore(self, query: str, fused: Hits, dense: Hits, lexical: Hits, titles: Mapping[str, str]) -> Hits:
         """``fused`` with its top ``depth`` in the model's order (scores: the model's), the rest as it was."""
+        return self.reorder(fused, self.scores(query, fused[:self.depth], dense, lexical, titles))
+
+    def reorder(self, fused: Hits, head_scores: np.ndarray) -> Hits:
+        """``fused`` with its top ``depth`` ordered by ``head_scores`` (one per head candidate)."""
         head = fused[:self.depth]
-        scores = self.scores(query, head, lexical, dense, titles)
-        order = np.argsort(-scores, kind="stable")
-        return [(head[i][0], float(scores[i])) for i in order] + list(fused[self.depth:])
+        order = np.argsort(-np.asarray(head_scores), kind="stable")
+        return [(head[i][0], float(head_scores[i])) for i in order] + list(fused[self.depth:])
 
     def save(self, folder: Path) -> Path:
-        """The booster (LightGBM's text format, with the IDF table in a comment-free JSON beside)."""
+        """The booster (LightGBM's text format) and, beside it, the IDF table its features read."""
         import json
 
         folder = Path(folder)
         self.booster.save_model(str(folder / FILE))
-        (folder / "rescorer_idf.json").write_text(json.dumps({"documents": self.idf.documents,
+        (folder / IDF_FILE).write_text(json.dumps({"documents": self.idf.documents,
                                                               "frequencies": self.idf.frequencies}),
                                                   encoding="utf-8")
         return folder / FILE
@@ -158,6 +165,6 @@ class Rescorer:
             raise ValueError(f"the rescorer was learned on features {list(features)}; this version of skulens "
                              f"computes {list(FEATURES)}: relearn the index version's ranking")
         folder = Path(folder)
-        raw = json.loads((folder / "rescorer_idf.json").read_text(encoding="utf-8"))
+        raw = json.loads((folder / IDF_FILE).read_text(encoding="utf-8"))
         return cls(lightgbm.Booster(model_file=str(folder / FILE)), depth,
                    Idf(raw["frequencies"], raw["documents"]))
