@@ -640,6 +640,7 @@ def test_deploy_canary_with_two_workers_under_load_rolls_back_a_broken_index_and
 
     def shoppers(base: str, seed: int) -> None:
         rng = np.random.default_rng(seed)
+        shown: dict[str, int] = {}  # pages per variant: two in five are clicked, so the arms' CTRs match
         with httpx.Client(base_url=base, timeout=120) as own:
             while not stop.is_set():
                 user = f"shopper{int(rng.integers(0, 400))}"
@@ -653,7 +654,9 @@ def test_deploy_canary_with_two_workers_under_load_rolls_back_a_broken_index_and
                 statuses.append(answer.status_code)
                 body = answer.json() if answer.status_code == 200 else {}
                 seen_index.add(body.get("versions", {}).get("index", ""))
-                if body.get("items") and rng.random() < 0.4:
+                variant = body.get("variant", "")
+                shown[variant] = shown.get(variant, 0) + bool(body.get("items"))
+                if body.get("items") and shown[variant] % 5 in (0, 2):
                     click = {"event_id": f"c-{body['search_id']}", "type": "click", "search_id": body["search_id"],
                              "product_id": body["items"][0]["product_id"], "position": 1, "user_id": user}
                     statuses.append(own.post("/events", json=click).status_code)
