@@ -257,7 +257,14 @@ def publish(settings: Settings, run_id: str) -> dict[str, Any]:
                     "updates_through": 0}
         (store.staging_path(run_id) / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         store.commit(run_id, keep=settings.retrieval.keep_versions)
-        alias_target = _point_milvus_alias(settings, embedded["catalog"], store.current())
+        try:
+            alias_target = _point_milvus_alias(settings, embedded["catalog"], store.current())
+        except Exception:
+            # Serving follows CURRENT and the alias together: if the alias cannot move, the
+            # previous version keeps serving and the stage fails.
+            if previous is not None:
+                store.set_current(previous)
+            raise
         out.update(version=run_id, previous=previous, catalog=embedded["catalog"], path=str(store.current()),
                    milvus_alias_target=alias_target)
         return out

@@ -56,10 +56,25 @@ class MilvusVectorStore:
         self.manifest: dict[str, Any] = {}
 
     @staticmethod
-    def connect(uri: str, token: str | None = None) -> Any:
+    def connect(uri: str, token: str | None = None, *, attempts: int = 3) -> Any:
+        """A client for ``uri``; retries on a fresh connection when the shared one is refused."""
         from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
 
-        return MilvusClient(uri, token=token or "")
+        options: dict[str, Any] = {}
+        if uri.endswith(".db"):
+            # milvus-lite's gRPC server answers pymilvus's 10 s idle keepalive pings with
+            # GOAWAY "too many pings", which later fails a reconnect; ping only during calls.
+            options["grpc_options"] = {"grpc.keepalive_time_ms": 120_000,
+                                       "grpc.keepalive_permit_without_calls": False}
+        for attempt in range(attempts):
+            try:
+                return MilvusClient(uri, token=token or "", dedicated=attempt > 0, **options)
+            except MilvusException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
 
     @classmethod
     def build(cls, client: Any, collection: str, ids: Sequence[str], vectors: np.ndarray,
