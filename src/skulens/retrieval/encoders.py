@@ -77,7 +77,7 @@ class OnnxTextEncoder:
     name = "onnx_text"
 
     def __init__(self, onnx_path: str | Path, tokenizer_dir: str | Path, max_length: int | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, batch_size: int = 256) -> None:
         from transformers import AutoTokenizer
 
         from skulens.models.onnx import session
@@ -89,15 +89,29 @@ class OnnxTextEncoder:
         saved = getattr(self.tokenizer, "model_max_length", None)
         self.max_length = max_length or (saved if saved and saved <= 4096 else 64)
         self.label = Path(onnx_path).stem
+        self.batch_size = max(1, int(batch_size))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised vectors of ``texts``, in their order.
+
+        In batches of ``batch_size`` (one run over a whole catalogue holds every token's
+        activations at once: 24 GB for 45k titles), texts of similar length together so that
+        a batch pads little.
+        """
+        texts = list(texts)
         if not texts:
             return np.zeros((0, self.session.get_outputs()[0].shape[-1] or 0), np.float32)
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="np")
-        out = self.session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
-                                      "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
-        return normalise(np.asarray(out, dtype=np.float32))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        parts = []
+        for start in range(0, len(order), self.batch_size):
+            batch = [texts[i] for i in order[start:start + self.batch_size]]
+            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="np")
+            parts.append(self.session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
+                                                 "attention_mask": enc["attention_mask"].astype(np.int64)})[0])
+        vectors = np.empty((len(texts), parts[0].shape[-1]), np.float32)
+        vectors[order] = np.concatenate(parts).astype(np.float32)
+        return normalise(vectors)
 
     def encode_images(self, sources: Sequence[str | bytes]) -> np.ndarray:
         raise ValueError(f"encoder {self.name} has no image tower; use a two_tower encoder for photo queries")
