@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from skulens.models.features import encode_by_length
 from skulens.vectors import normalise
 
 
@@ -92,26 +93,16 @@ class OnnxTextEncoder:
         self.batch_size = max(1, int(batch_size))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Normalised vectors of ``texts``, in their order.
-
-        In batches of ``batch_size`` (one run over a whole catalogue holds every token's
-        activations at once: 24 GB for 45k titles), texts of similar length together so that
-        a batch pads little.
-        """
-        texts = list(texts)
+        """Normalised vectors of ``texts``, in their order, in batches of ``batch_size`` (one run
+        over 45k titles took 24 GB)."""
         if not texts:
             return np.zeros((0, self.session.get_outputs()[0].shape[-1] or 0), np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        parts = []
-        for start in range(0, len(order), self.batch_size):
-            batch = [texts[i] for i in order[start:start + self.batch_size]]
-            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="np")
-            parts.append(self.session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
-                                                 "attention_mask": enc["attention_mask"].astype(np.int64)})[0])
-        vectors = np.empty((len(texts), parts[0].shape[-1]), np.float32)
-        vectors[order] = np.concatenate(parts).astype(np.float32)
-        return normalise(vectors)
+        return normalise(encode_by_length(list(texts), self._encode_batch, self.batch_size))
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        return self.session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
+                                       "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
 
     def encode_images(self, sources: Sequence[str | bytes]) -> np.ndarray:
         raise ValueError(f"encoder {self.name} has no image tower; use a two_tower encoder for photo queries")

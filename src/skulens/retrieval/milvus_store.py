@@ -67,14 +67,12 @@ class MilvusVectorStore:
             # GOAWAY "too many pings", which later fails a reconnect; ping only during calls.
             options["grpc_options"] = {"grpc.keepalive_time_ms": 120_000,
                                        "grpc.keepalive_permit_without_calls": False}
-        for attempt in range(attempts):
+        for attempt in range(attempts - 1):
             try:
                 return MilvusClient(uri, token=token or "", dedicated=attempt > 0, **options)
             except MilvusException:
-                if attempt == attempts - 1:
-                    raise
                 time.sleep(1.0 + attempt)
-        raise AssertionError("unreachable")
+        return MilvusClient(uri, token=token or "", dedicated=attempts > 1, **options)
 
     @classmethod
     def build(cls, client: Any, collection: str, ids: Sequence[str], vectors: np.ndarray,
