@@ -56,11 +56,11 @@ def main() -> None:  # noqa: PLR0915 - one linear measurement script
     args = parser.parse_args()
 
     from skulens.data.catalog import read_table
+    from skulens.evaluation.metrics import paired_bootstrap
     from skulens.evaluation.photos import (
         chance_precision,
         choose_weight,
         colour_confusions,
-        paired_bootstrap,
         pool_of,
         precision_per_query,
     )

@@ -328,9 +328,20 @@ def test_eval_and_live_updates_on_the_published_index(settings_at):
     # every figure carries judged@10 beside it.
     assert all("judged@10" in m for m in clean.values())
     assert clean["hybrid_weighted"]["nDCG@10"] >= clean["dense"]["nDCG@10"]
+    # Paired 95% intervals over the held-out queries: the estimate is the table's own figure.
+    for variant, rows in judged["intervals"].items():
+        for name, row in rows.items():
+            estimate, low, high = row["nDCG@10"]
+            assert low <= estimate <= high
+            assert estimate == pytest.approx(judged["full_corpus"][variant][name]["nDCG@10"], abs=1e-4)
+    intervals = judged["intervals"]["clean"]
+    assert "x bm25" in intervals["hybrid_weighted"] and "x bm25" not in intervals["bm25"]
     served = report["served"]["fashion"]
     assert served["versions"]["ranking"].startswith("fusion weight") and "held-out" in served["queries"]
     assert {"nDCG@10", "judged@10"} <= set(served["metrics"])
+    # The served order against the served index's BM25 on the same held-out queries, paired.
+    assert served["intervals"]["clean"]["served"]["nDCG@10"][0] == pytest.approx(served["metrics"]["nDCG@10"], abs=1e-4)
+    assert len(served["intervals"]["clean"]["served"]["x bm25"]) == 3
     # Noisy copies go in as typed: the service's own speller corrects them.
     assert {"nDCG@10", "nDCG@10 typo", "nDCG@10 dropped"} <= set(served["metrics_noisy"])
     assert "image_to_image" in report["fashion"] and "hybrid_weighted" in report["fashion"]["text_to_image"]["clean"]

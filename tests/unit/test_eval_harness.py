@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +13,7 @@ from skulens.evaluation.harness import (
     EvalConfig,
     load_judgments,
     markdown,
+    ndcg_intervals,
     noise_kind,
     noisy_query,
     query_splits,
@@ -87,3 +89,36 @@ def test_scores_and_markdown_of_a_report():
     text = markdown(report)
     assert "**Full corpus, clean queries**" in text and f"| bm25 | {scores['nDCG@10']:.4f} |" in text
     assert "## fashion" not in text  # no fashion section without a fashion report
+
+
+def test_intervals_are_paired_and_say_whether_a_ratio_clears_its_goal():
+    rng = np.random.default_rng(0)
+    bm25 = rng.uniform(0.1, 0.9, 400)  # hard and easy queries: the spread a paired interval cancels
+    better = np.clip(bm25 * 1.3, 0, 1)
+    same = bm25 + rng.normal(0, 0.01, 400)
+    rows = ndcg_intervals({"bm25": bm25, "better": better, "same": same, "better+rerank": better + 0.01},
+                          {"better+rerank": "better"})
+    ratio, low, high = rows["better"]["x bm25"]
+    assert low > 1.15 and low <= ratio <= high  # clears a 1.15x goal on its lower bound
+    assert rows["same"]["x bm25"][1] < 1.0 < rows["same"]["x bm25"][2]  # no difference: 1 inside
+    assert rows["better+rerank"]["gain"] == pytest.approx([0.01, 0.01, 0.01], abs=1e-4)
+    assert rows["better+rerank"]["gain_over"] == "better" and "gain" not in rows["better"]
+    assert "x bm25" not in rows["bm25"]
+    # Unpaired, the queries' spread would hide the same 1% gain; paired, it is certain.
+    mean, low, high = rows["bm25"]["nDCG@10"]
+    assert high - low > 0.03
+
+
+def test_markdown_shows_the_intervals():
+    row = {"nDCG@10": 0.5, "recall@100": 0.7, "MRR": 0.5, "zero_useful@10": 0.2}
+    report = {"written_at": "now", "reranker": "none", "judged": {
+        "catalog": "shop", "queries": {"kind": "real", "test": 2, "train_for_fusion": 3},
+        "corpus": {"products": 3, "encoder": "minilm", "vector_index": "hnsw", "index_recall@10": 1.0},
+        "fusion_weight": 0.3, "rerank_depth": 10, "rerank_blend": None, "relevant_grade": 4,
+        "full_corpus": {"clean": {"bm25": row, "hybrid": row}}, "rerank_setting": {"bm25": row},
+        "intervals": {"clean": {"bm25": {"nDCG@10": [0.4, 0.38, 0.42]},
+                                "hybrid": {"nDCG@10": [0.5, 0.47, 0.53], "x bm25": [1.25, 1.2, 1.3],
+                                           "gain": [0.1, 0.08, 0.12], "gain_over": "bm25"}}}}}
+    text = markdown(report)
+    assert "| hybrid | 0.5000 [0.4700, 0.5300] | 1.2500 [1.2000, 1.3000] | +0.1000 [+0.0800, +0.1200] over bm25 |" \
+        in text

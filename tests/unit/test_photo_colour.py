@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from skulens.evaluation.metrics import paired_bootstrap
 from skulens.evaluation.photos import (
     chance_precision,
     choose_weight,
     colour_confusions,
     neighbours,
-    paired_bootstrap,
     pool_of,
     precision_per_query,
 )

@@ -39,7 +39,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from skulens.evaluation.metrics import Qrels, Run, evaluate, zero_useful_rate
+from skulens.evaluation.metrics import (
+    Qrels,
+    Run,
+    bootstrap_mean,
+    bootstrap_ratio,
+    evaluate,
+    paired_bootstrap,
+    per_query,
+    zero_useful_rate,
+)
 from skulens.settings import Settings
 
 
@@ -183,6 +192,30 @@ def noise_kind_scores(qrels: Qrels, run: Run, kinds: Mapping[str, str], relevant
 
 
 # -- metrics -----------------------------------------------------------------------------------
+def ndcg_intervals(ndcg: Mapping[str, np.ndarray], bases: Mapping[str, str], baseline: str = "bm25"
+                   ) -> dict[str, dict[str, list[float]]]:
+    """95% bootstrap intervals over the held-out queries for each retriever's nDCG@10: its mean,
+    its ratio to ``baseline`` (the "x BM25" figure) and its gain over the stage it builds on
+    (``bases[name]``: the reranker over the fused order it reranks, the rescorer over its fusion),
+    all paired: every resample draws the same queries for both sides. Each value is
+    ``[estimate, low, high]``."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, values in ndcg.items():
+        row = {"nDCG@10": _rounded(bootstrap_mean(values))}
+        if name != baseline and baseline in ndcg and ndcg[baseline].mean() > 0:
+            row[f"x {baseline}"] = _rounded(bootstrap_ratio(values, ndcg[baseline]))
+        base = bases.get(name)
+        if base in ndcg:
+            row["gain"] = _rounded(paired_bootstrap(values, ndcg[base]))
+            row["gain_over"] = base  # type: ignore[assignment]
+        out[name] = row
+    return out
+
+
+def _rounded(triple: tuple[float, float, float]) -> list[float]:
+    return [round(v, 4) for v in triple]
+
+
 def score_run(qrels: Qrels, run: Run, relevant: int) -> dict[str, float]:
     """nDCG@10, recall@100, MRR and the zero-useful rate, with judged@10 beside them: the share of
     the top 10 that the judgments grade at all (an unjudged result counts as irrelevant, so a low
@@ -302,7 +335,9 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
     rescorer, rescore_measured = learn_rescorer({q: q for q in train}, {q: qrels[q] for q in train}, train_fused,
                                                 train_dense, train_lexical, titles, depth=cfg.depth,
                                                 unjudged_rel=UNJUDGED_REL if relevant > 1 else 0)
+    bases = {"dense": "bm25", "hybrid_rrf": "bm25", "hybrid_weighted": "bm25", "hybrid_adaptive": "hybrid_weighted"}
     if rescorer is not None:
+        bases["hybrid_rescored"] = fused_name
         retrievers["hybrid_rescored"] = PolicyRetriever(
             dense, bm25, RankingPolicy(fusion_weight=weight, adaptive=adaptive, rescorer=rescorer), cfg.depth,
             "hybrid_rescored", titles=titles)
@@ -318,11 +353,13 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         reranked = [scored._rerank(q, hits, cfg.rerank_depth) for q, hits in zip(tune_q, base, strict=True)]
         blend, blend_scores = learn_weight(dict(zip(tune, reranked, strict=True)), dict(zip(tune, base, strict=True)),
                                            {q: qrels[q] for q in tune})
+        bases[f"{fused_name}+rerank"] = fused_name
         retrievers[f"{fused_name}+rerank"] = RerankedRetriever(retrievers[fused_name], rerank, titles,
                                                                depth=cfg.rerank_depth, blend=blend)
     variants, kinds = query_variants(settings, test, titles.values(), cfg)
     test_qrels = {q: qrels[q] for q in test}
     full: dict[str, dict[str, Any]] = {}
+    ndcg_by_query: dict[str, dict[str, np.ndarray]] = {}
     for variant, texts in variants.items():
         queries = [SearchQuery(text=texts[q]) for q in test]
         for name, retriever in retrievers.items():
@@ -333,6 +370,8 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
             full.setdefault(variant, {})[name] = {**score_run(test_qrels, run, relevant),
                                                   **noise_kind_scores(test_qrels, run, kinds, relevant),
                                                   "ms_per_query": round(1000 * seconds / len(test), 2)}
+            ndcg = per_query(test_qrels, run, "nDCG@10")
+            ndcg_by_query.setdefault(variant, {})[name] = np.array([ndcg[q] for q in test])
 
     _progress("rerank setting (each query's judged candidates)")
     rerank_setting = _rerank_setting(test, qrels, titles, lexical, encoder, store, weight, rerank, relevant)
@@ -346,6 +385,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         "adaptive_fusion": adaptive_measured, "rescore": rescore_measured,
         "rerank_depth": cfg.rerank_depth, "rerank_blend": blend, "rerank_blend_scores": blend_scores,
         "full_corpus": full, "rerank_setting": rerank_setting,
+        "intervals": {variant: ndcg_intervals(per_q, bases) for variant, per_q in ndcg_by_query.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -518,13 +558,19 @@ def evaluate_served(settings: Settings, catalog: str, cfg: EvalConfig) -> dict[s
         noise = random.Random(cfg.seed + 1)
         variants["noisy"] = {q: noisy_query(texts[q], noise) for q in qids}
     kinds = {q: noise_kind(texts[q], variants["noisy"][q]) for q in qids} if cfg.noisy else {}
-    metrics = {}
+    metrics, intervals = {}, {}
     for variant, typed in variants.items():
         rankings = served_rankings(pipeline, [typed[q] for q in qids], k=10)
         run = {q: {pid: float(10 - i) for i, pid in enumerate(ids)} for q, ids in zip(qids, rankings, strict=True)}
         metrics[variant] = {**score_run(held_out, run, relevant), **noise_kind_scores(held_out, run, kinds, relevant)}
+        # The baseline on the very same queries, from the served index's own BM25 (paired interval).
+        bm25 = {q: {pid: float(10 - i) for i, (pid, _) in enumerate(pipeline.lexical.search(typed[q], k=10))}
+                for q in qids}
+        ndcg = {name: np.array([by_query[q] for q in qids]) for name, by_query in
+                (("served", per_query(held_out, run, "nDCG@10")), ("bm25", per_query(held_out, bm25, "nDCG@10")))}
+        intervals[variant] = ndcg_intervals(ndcg, {})
     return {"catalog": catalog, "queries": source.replace("training", "held-out"), "versions": pipeline.versions,
-            "metrics": metrics["clean"], "metrics_noisy": metrics.get("noisy"),
+            "metrics": metrics["clean"], "metrics_noisy": metrics.get("noisy"), "intervals": intervals,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -605,6 +651,20 @@ def _table(title: str, rows: Mapping[str, Mapping[str, float]]) -> list[str]:
     return [*lines, ""]
 
 
+def _interval_table(title: str, rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    def cell(triple: Sequence[float] | None, signed: bool = False) -> str:
+        if not triple:
+            return ""
+        fmt = "{:+.4f}" if signed else "{:.4f}"
+        return f"{fmt.format(triple[0])} [{fmt.format(triple[1])}, {fmt.format(triple[2])}]"
+
+    lines = [f"**{title}**", "", "| retriever | nDCG@10 | x BM25 | gain over the stage below |", "|---|---|---|---|"]
+    for name, r in rows.items():
+        gain = f"{cell(r.get('gain'), signed=True)} over {r['gain_over']}" if r.get("gain") else ""
+        lines.append(f"| {name} | {cell(r['nDCG@10'])} | {cell(r.get('x bm25'))} | {gain} |")
+    return [*lines, ""]
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """The Markdown form of an eval report."""
     judged = report["judged"]
@@ -620,6 +680,9 @@ def markdown(report: Mapping[str, Any]) -> str:
              f"relevant = grade >= {judged['relevant_grade']}.", ""]
     for variant, rows in judged["full_corpus"].items():
         lines += _table(f"Full corpus, {variant} queries", rows)
+        if judged.get("intervals", {}).get(variant):
+            lines += _interval_table(f"Full corpus, {variant} queries: 95% bootstrap intervals over the queries",
+                                     judged["intervals"][variant])
     lines += _table("Rerank setting (each query's judged candidates)", judged["rerank_setting"])
     fashion = report.get("fashion")
     if fashion and "skipped" not in fashion:
@@ -644,4 +707,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         if served.get("metrics_noisy"):
             rows["served, noisy queries (as typed)"] = served["metrics_noisy"]
         lines += _table("Served pipeline, held-out queries", rows)
+        for variant, intervals in (served.get("intervals") or {}).items():
+            lines += _interval_table(f"Served pipeline, {variant} queries, against the served index's BM25 on the "
+                                     "same queries: 95% bootstrap intervals", intervals)
     return "\n".join(lines)

@@ -77,3 +77,44 @@ def dense_run(query_ids: Sequence[str], queries: np.ndarray, doc_ids: Sequence[s
             pairs = [(doc_ids[c], float(scores[row, c])) for c in cols if np.isfinite(scores[row, c])]
             run[qid] = dict(sorted(pairs, key=lambda kv: -kv[1])[:k])
     return run
+
+
+# -- intervals ---------------------------------------------------------------------------------
+# Every interval resamples the same queries for both sides (paired): the question is whether one
+# ranking beats another on these queries, and the queries' own difficulty cancels out.
+RESAMPLES = 2000
+
+
+def _resampled_rows(n: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, (resamples, n))
+
+
+def bootstrap_mean(values: Sequence[float] | np.ndarray, resamples: int = RESAMPLES, seed: int = 17
+                   ) -> tuple[float, float, float]:
+    """Mean over queries and its 95% percentile-bootstrap interval."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        raise ValueError("no per-query values to bootstrap")
+    means = x[_resampled_rows(len(x), resamples, seed)].mean(1)
+    return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_bootstrap(after: Sequence[float] | np.ndarray, before: Sequence[float] | np.ndarray,
+                     resamples: int = RESAMPLES, seed: int = 17) -> tuple[float, float, float]:
+    """Mean difference ``after - before`` over queries and its 95% bootstrap interval."""
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    return bootstrap_mean(diff, resamples, seed)
+
+
+def bootstrap_ratio(after: Sequence[float] | np.ndarray, before: Sequence[float] | np.ndarray,
+                    resamples: int = RESAMPLES, seed: int = 17) -> tuple[float, float, float]:
+    """``mean(after) / mean(before)`` (a "1.15 x BM25" figure) and its paired 95% bootstrap
+    interval: each resample draws the same queries for both means."""
+    a, b = np.asarray(after, dtype=np.float64), np.asarray(before, dtype=np.float64)
+    if a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"paired ratio needs two equal, non-empty per-query arrays, got {a.shape} and {b.shape}")
+    if b.mean() <= 0:
+        raise ValueError("the baseline's mean is 0: a ratio to it is undefined")
+    rows = _resampled_rows(len(a), resamples, seed)
+    ratios = a[rows].mean(1) / np.maximum(b[rows].mean(1), 1e-12)
+    return float(a.mean() / b.mean()), float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))

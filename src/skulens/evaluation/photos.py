@@ -66,15 +66,6 @@ def choose_weight(similarity_a: np.ndarray, similarity_b: np.ndarray, article_ty
     return max(w for w, s in scores.items() if s == best), scores
 
 
-def paired_bootstrap(after: np.ndarray, before: np.ndarray, resamples: int = 2000, seed: int = 17
-                     ) -> tuple[float, float, float]:
-    """Mean difference ``after - before`` over queries and its 95% bootstrap interval."""
-    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def colour_confusions(similarity: np.ndarray, article_types: Sequence[str], colours: Sequence[str],
                       top: int = 10, k: int = K) -> list[tuple[str, int]]:
     """The colour pairs most often confused: same-type neighbours in the top k with another colour."""
