@@ -155,10 +155,11 @@ class BM25Index:
         return cls(index, config, manifest)
 
     def query(self, text: str, filters: Filters | None = None, exclude: Collection[str] = (),  # noqa: ANN201
-              only: Collection[str] | None = None):
+              only: Collection[str] | None = None, expansion: Sequence[str] = (), expansion_weight: float = 0.0):
         """The tantivy query for ``text`` (any of its words, boosted per field), ``filters`` and
         ``only`` (product ids to choose from) as zero-score required clauses and ``exclude``
-        (product ids) as a prohibited clause; None when the text has no words."""
+        (product ids) as a prohibited clause; None when the text has no words. ``expansion`` words
+        (:mod:`skulens.retrieval.expansion`) join as one optional clause scaled by ``expansion_weight``."""
         import tantivy
 
         # No query syntax, no AND/OR operators: the words of the normalised text.
@@ -167,6 +168,12 @@ class BM25Index:
             return None
         fields = [f for f, b in self.config.boosts.items() if b > 0]
         text_query = self.index.parse_query(" ".join(words), fields, field_boosts=dict(self.config.boosts))
+        extra = [w.lower() for w in _WORD.findall(" ".join(expansion))]
+        if extra and expansion_weight > 0:
+            # A separate, down-weighted clause: the query's own words still decide first.
+            added = self.index.parse_query(" ".join(extra), fields, field_boosts=dict(self.config.boosts))
+            text_query = tantivy.Query.boolean_query([(tantivy.Occur.Should, text_query), (
+                tantivy.Occur.Should, tantivy.Query.boost_query(added, expansion_weight))])
         required = _filter_clauses(self.schema, filters)
         if only is not None:
             required.append(tantivy.Query.term_set_query(self.schema, "id", list(only)))
@@ -180,10 +187,11 @@ class BM25Index:
         return tantivy.Query.boolean_query(clauses)
 
     def search(self, query: str, k: int = 10, filters: Filters | None = None, exclude: Collection[str] = (),
-               only: Collection[str] | None = None) -> list[tuple[str, float]]:
+               only: Collection[str] | None = None, expansion: Sequence[str] = (),
+               expansion_weight: float = 0.0) -> list[tuple[str, float]]:
         """The ``k`` best (product id, score) matching ``query`` and ``filters`` (and among ``only``
-        when given), best first."""
-        compiled = self.query(query, filters, exclude, only)
+        when given), best first; ``expansion`` as in :meth:`query`."""
+        compiled = self.query(query, filters, exclude, only, expansion, expansion_weight)
         if compiled is None or k <= 0:
             return []
         hits = self._searcher.search(compiled, k, count=False).hits
