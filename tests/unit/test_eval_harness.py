@@ -21,6 +21,7 @@ from skulens.evaluation.harness import (
     score_run,
     to_rel,
 )
+from skulens.evaluation.metrics import paired_bootstrap
 
 
 def test_judgments_load_from_canonical_parquet_csv_and_home_depot_csv(tmp_path):
@@ -104,9 +105,12 @@ def test_intervals_are_paired_and_say_whether_a_ratio_clears_its_goal():
     assert rows["better+rerank"]["gain"] == pytest.approx([0.01, 0.01, 0.01], abs=1e-4)
     assert rows["better+rerank"]["gain_over"] == "better" and "gain" not in rows["better"]
     assert "x bm25" not in rows["bm25"]
-    # Unpaired, the queries' spread would hide the same 1% gain; paired, it is certain.
-    mean, low, high = rows["bm25"]["nDCG@10"]
-    assert high - low > 0.03
+    # Paired: the queries' own spread cancels, so equal rankers give a narrow ratio interval (each
+    # side resampled on its own, the interval would be about 0.09 wide).
+    same_low, same_high = rows["same"]["x bm25"][1:]
+    assert same_high - same_low < 0.01
+    with pytest.raises(ValueError, match="equal"):
+        paired_bootstrap(np.ones(3), np.ones(4))
 
 
 def test_markdown_shows_the_intervals():

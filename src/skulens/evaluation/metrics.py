@@ -102,8 +102,10 @@ def bootstrap_mean(values: Sequence[float] | np.ndarray, resamples: int = RESAMP
 def paired_bootstrap(after: Sequence[float] | np.ndarray, before: Sequence[float] | np.ndarray,
                      resamples: int = RESAMPLES, seed: int = 17) -> tuple[float, float, float]:
     """Mean difference ``after - before`` over queries and its 95% bootstrap interval."""
-    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
-    return bootstrap_mean(diff, resamples, seed)
+    a, b = np.asarray(after, dtype=np.float64), np.asarray(before, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired difference needs two equal per-query arrays, got {a.shape} and {b.shape}")
+    return bootstrap_mean(a - b, resamples, seed)
 
 
 def bootstrap_ratio(after: Sequence[float] | np.ndarray, before: Sequence[float] | np.ndarray,

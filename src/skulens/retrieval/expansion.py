@@ -1,13 +1,14 @@
 """Query expansion mined from what shoppers chose: a query word that the products chosen for it
 rarely contain ("fridge") gains the words those products share ("refrigerator").
 
-Mined from (query, chosen product title) pairs — clicks from the event log, and the training
-queries' relevant judgments — never from held-out queries. A rule ``word -> (w1, w2)`` is kept when
+Mined from (query, chosen product title) pairs — what a click log gives; ``bench_expansion`` mines
+the training queries' relevant judgments — never from held-out queries. A rule ``word -> (w1, w2)`` is kept when
 the word's own chosen titles seldom contain it (a vocabulary gap, not a word BM25 already matches),
 ``w`` appears in at least ``min_share`` of them, ``w`` is ``min_lift`` times more common there than
 in all chosen titles, and the pair was seen ``min_support`` times. The expansion words are added
-to the lexical query as a separate, down-weighted clause (``weight``), so a query that matches its
-own words still ranks those products first.
+to the lexical query as a separate, down-weighted clause (``weight``), so products that match the
+query's own words usually stay first (a sum of clauses, not a guarantee: at a high weight a product
+matching several expansion words can pass a weak match of the query's own words).
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ class BM25Index:
         text_query = self.index.parse_query(" ".join(words), fields, field_boosts=dict(self.config.boosts))
         extra = [w.lower() for w in _WORD.findall(" ".join(expansion))]
         if extra and expansion_weight > 0:
-            # A separate, down-weighted clause: the query's own words still decide first.
+            # A separate, down-weighted clause, so the query's own words usually decide first.
             added = self.index.parse_query(" ".join(extra), fields, field_boosts=dict(self.config.boosts))
             text_query = tantivy.Query.boolean_query([(tantivy.Occur.Should, text_query), (
                 tantivy.Occur.Should, tantivy.Query.boost_query(added, expansion_weight))])
