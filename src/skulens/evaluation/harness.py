@@ -342,10 +342,17 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
             dense, bm25, RankingPolicy(fusion_weight=weight, adaptive=adaptive, rescorer=rescorer), cfg.depth,
             "hybrid_rescored", titles=titles)
         fused_name = "hybrid_rescored"
-    blend, blend_scores = None, {}
+    blend, blend_scores, blend_queries = None, {}, None
     if rerank is not None:
-        # The reranker's share is learned like the fusion weight, on (a few hundred) training queries.
-        tune = train[:300]
+        # The reranker's share is learned like the fusion weight, on a few hundred training queries,
+        # preferably ones the rescorer was not fitted on (there the rescored order looks better
+        # than it is, and the blend would lean towards it).
+        fitted = set(train)
+        # (Not with max_corpus: the corpus then holds only the sampled queries' judged products.)
+        spare = [q for q in sample("train", None) if q not in fitted] if cfg.max_corpus is None else []
+        tune = (spare if len(spare) >= 300 else train)[:300]
+        blend_queries = (f"{len(tune)} training queries " +
+                         ("the rescorer was not fitted on" if len(spare) >= 300 else "of the fusion and rescorer"))
         tune_q = [SearchQuery(text=q) for q in tune]
         _progress(f"learning the reranker blend on {len(tune)} training queries")
         base = retrievers[fused_name].search_batch(tune_q, cfg.rerank_depth)
@@ -384,6 +391,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
         "relevant_grade": relevant, "fusion_weight": weight, "fusion_weight_scores": tried,
         "adaptive_fusion": adaptive_measured, "rescore": rescore_measured,
         "rerank_depth": cfg.rerank_depth, "rerank_blend": blend, "rerank_blend_scores": blend_scores,
+        "rerank_blend_learned_on": blend_queries,
         "full_corpus": full, "rerank_setting": rerank_setting,
         "intervals": {variant: ndcg_intervals(per_q, bases) for variant, per_q in ndcg_by_query.items()},
         "seconds": round(time.perf_counter() - started, 1),
@@ -678,7 +686,8 @@ def markdown(report: Mapping[str, Any]) -> str:
              f"{judged['fusion_weight']} learned on {judged['queries']['train_for_fusion']:,} training queries; "
              f"rescorer (LambdaMART over the fused top {judged.get('rescore', {}).get('depth')}, "
              f"`hybrid_rescored`) kept: {judged.get('rescore', {}).get('kept', 'not learned')}; "
-             f"reranker over the top {judged['rerank_depth']} with blend (reranker share) {judged['rerank_blend']}; "
+             f"reranker over the top {judged['rerank_depth']} with blend (reranker share) {judged['rerank_blend']}"
+             f"{' learned on ' + judged['rerank_blend_learned_on'] if judged.get('rerank_blend_learned_on') else ''}; "
              f"relevant = grade >= {judged['relevant_grade']}.", ""]
     for variant, rows in judged["full_corpus"].items():
         lines += _table(f"Full corpus, {variant} queries", rows)
