@@ -34,7 +34,7 @@ def main() -> None:
 
     from skulens.data.catalog import read_table
     from skulens.evaluation.harness import EvalConfig, query_splits, to_rel
-    from skulens.evaluation.metrics import bootstrap_mean, paired_bootstrap, per_query
+    from skulens.evaluation.metrics import bootstrap_mean, paired_bootstrap, per_query_array
     from skulens.retrieval.expansion import QueryExpansion, mine_expansions
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.settings import load_settings
@@ -57,8 +57,7 @@ def main() -> None:
     def ndcg(expansion: QueryExpansion, qids: list[str]) -> np.ndarray:
         run = {q: {pid: 10.0 - i for i, (pid, _) in enumerate(
             lexical.search(q, 10, expansion=expansion.terms(q), expansion_weight=expansion.weight))} for q in qids}
-        by_query = per_query({q: qrels[q] for q in qids}, run, "nDCG@10")
-        return np.array([by_query[q] for q in qids])
+        return per_query_array({q: qrels[q] for q in qids}, run, "nDCG@10", qids)
 
     def gain(after: np.ndarray, before: np.ndarray) -> list[float]:
         return [round(v, 4) for v in paired_bootstrap(after, before)] if len(after) else [0.0, 0.0, 0.0]

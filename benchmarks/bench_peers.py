@@ -277,15 +277,12 @@ def run_peer(name: str, version: Path, texts_file: Path, port: int, pyserini_pat
 # -- scoring ------------------------------------------------------------------------------------
 def score(qrels: dict[str, dict[str, int]], runs: dict[str, list[str]], seed: int = 0) -> dict:
     """nDCG@10 with a 95% bootstrap interval over queries, recall@100, zero-useful@10."""
-    from skulens.evaluation.metrics import evaluate, per_query, zero_useful_rate
+    from skulens.evaluation.metrics import bootstrap_mean, evaluate, per_query, zero_useful_rate
 
     run = {q: {p: float(len(ps) - r) for r, p in enumerate(ps)} for q, ps in runs.items()}
     ndcg = per_query(qrels, run, "nDCG@10")
-    values = np.array([ndcg[q] for q in sorted(ndcg)])
-    rng = np.random.default_rng(seed)
-    boots = values[rng.integers(0, len(values), size=(2000, len(values)))].mean(axis=1)
-    return {"nDCG@10": round(float(values.mean()), 4),
-            "nDCG@10_ci95": [round(float(np.percentile(boots, 2.5)), 4), round(float(np.percentile(boots, 97.5)), 4)],
+    mean, low, high = bootstrap_mean([ndcg[q] for q in sorted(ndcg)], seed=seed)
+    return {"nDCG@10": round(mean, 4), "nDCG@10_ci95": [round(low, 4), round(high, 4)],
             "recall@100": round(evaluate(qrels, run, ["R(rel=4)@100"])["R(rel=4)@100"], 4),
             "zero_useful@10": round(zero_useful_rate(qrels, run, k=10, min_grade=4), 4)}
 

@@ -48,7 +48,7 @@ def main() -> None:
 
     from skulens.data.catalog import read_table
     from skulens.evaluation.harness import EvalConfig, _dense_encoder, query_splits, reranker_scorer, to_rel
-    from skulens.evaluation.metrics import bootstrap_mean, paired_bootstrap, per_query
+    from skulens.evaluation.metrics import bootstrap_mean, paired_bootstrap, per_query_array
     from skulens.evaluation.ranking import RESCORE_PARAMS, UNJUDGED_REL, learn_adaptive, learn_rescorer, learn_weight
     from skulens.retrieval.filters import FilterColumns
     from skulens.retrieval.lexical import BM25Index, LexicalConfig
@@ -128,8 +128,7 @@ def main() -> None:
 
     def ndcg(orders: dict[str, list[str]], qids: list[str]) -> np.ndarray:
         run = {q: {p: float(len(orders[q]) - i) for i, p in enumerate(orders[q])} for q in qids}
-        by_query = per_query({q: qrels[q] for q in qids}, run, "nDCG@10")
-        return np.array([by_query[q] for q in qids])
+        return per_query_array({q: qrels[q] for q in qids}, run, "nDCG@10", qids)
 
     base = ndcg({q: [p for p, _ in heads[q]] for q in test}, test)
     rows: dict[str, dict] = {}

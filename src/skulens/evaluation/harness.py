@@ -46,7 +46,7 @@ from skulens.evaluation.metrics import (
     bootstrap_ratio,
     evaluate,
     paired_bootstrap,
-    per_query,
+    per_query_array,
     zero_useful_rate,
 )
 from skulens.settings import Settings
@@ -377,8 +377,7 @@ def evaluate_judged(settings: Settings, products: pa.Table, judgments: pa.Table,
             full.setdefault(variant, {})[name] = {**score_run(test_qrels, run, relevant),
                                                   **noise_kind_scores(test_qrels, run, kinds, relevant),
                                                   "ms_per_query": round(1000 * seconds / len(test), 2)}
-            ndcg = per_query(test_qrels, run, "nDCG@10")
-            ndcg_by_query.setdefault(variant, {})[name] = np.array([ndcg[q] for q in test])
+            ndcg_by_query.setdefault(variant, {})[name] = per_query_array(test_qrels, run, "nDCG@10", test)
 
     _progress("rerank setting (each query's judged candidates)")
     rerank_setting = _rerank_setting(test, qrels, titles, lexical, encoder, store, weight, rerank, relevant)
@@ -574,10 +573,9 @@ def evaluate_served(settings: Settings, catalog: str, cfg: EvalConfig) -> dict[s
         # The baseline on the very same queries, from the served index's own BM25, reading each query
         # as the service spells it (so the ratio measures the ranking, not the speller): paired.
         spelled = {q: pipeline.spell.correct(typed[q])[0] if pipeline.spell is not None else typed[q] for q in qids}
-        bm25 = {q: {pid: float(10 - i) for i, (pid, _) in enumerate(pipeline.lexical.search(spelled[q], k=10))}
-                for q in qids}
-        ndcg = {name: np.array([by_query[q] for q in qids]) for name, by_query in
-                (("served", per_query(held_out, run, "nDCG@10")), ("bm25", per_query(held_out, bm25, "nDCG@10")))}
+        bm25 = _as_run(qids, [pipeline.lexical.search(spelled[q], k=10) for q in qids])
+        ndcg = {name: per_query_array(held_out, one_run, "nDCG@10", qids) for name, one_run in
+                (("served", run), ("bm25", bm25))}
         intervals[variant] = ndcg_intervals(ndcg, {"served": "bm25"})
     return {"catalog": catalog, "queries": source.replace("training", "held-out"), "versions": pipeline.versions,
             "metrics": metrics["clean"], "metrics_noisy": metrics.get("noisy"), "intervals": intervals,

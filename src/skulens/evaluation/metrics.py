@@ -47,6 +47,13 @@ def per_query(qrels: Qrels, run: Run, measure: str) -> dict[str, float]:
     return values
 
 
+def per_query_array(qrels: Qrels, run: Run, measure: str, query_ids: Sequence[str]) -> np.ndarray:
+    """``measure`` of each of ``query_ids`` (judged queries of ``qrels``) in that order: per-query
+    arrays of several runs in one order, as the paired intervals below need them."""
+    values = per_query(qrels, run, measure)
+    return np.array([values[q] for q in query_ids], dtype=np.float64)
+
+
 def zero_useful_rate(qrels: Qrels, run: Run, k: int = 10, min_grade: int = 1) -> float:
     """Share of judged queries with no document of grade >= ``min_grade`` in their top ``k``: the
     complement of ir-measures' ``Success(rel=min_grade)@k`` over the queries that have one."""
