@@ -260,6 +260,9 @@ class RetrievalSettings(_Model):
     # Which runner embeds the catalogue in build_index: local (this process) or spark (mapInPandas on
     # spark.master; the same mapper, the same vectors).
     embed_runner: Literal["local", "spark"] = "local"
+    # The local runner copies the published version's vectors of unchanged products (same model
+    # version, fusion weight, image engine, title and photo file) instead of embedding them again.
+    reuse_embeddings: bool = True
     # The dense side of a catalogue without photos: the fine-tuned text-encoder champion when one
     # passed its gate (champion; else the two-tower's text tower), or always the two-tower.
     text_encoder: Literal["champion", "two_tower"] = "champion"

@@ -230,8 +230,12 @@ def test_build_index_dag_publishes_and_rolls_back(settings_at, airflow_db, monke
     from skulens.retrieval.milvus_store import MilvusVectorStore
 
     monkeypatch.setenv("SKULENS__RETRIEVAL__STORE", "milvus")
-    run_all(load_settings("local"), "second-build")  # a second version, in Milvus; then roll back to the first
+    second = run_all(load_settings("local"), "second-build")  # a second version, in Milvus; then roll back
     assert store.current_id() == "second-build"
+    # Same champion, same catalogue: the second build copies every vector of the first, embeds none.
+    reembedded = second["stages"]["embed"]["result"]
+    assert (reembedded["reused"], reembedded["embedded"]) == (42_874, 0), reembedded
+    assert reembedded["with_image"] == 8_011
     info = json.loads((store.current() / "vector" / "manifest.json").read_text())
     assert info["kind"] == "milvus" and info["recall@10"] >= 0.95 and info["vectors"] == 42_874
     served = MilvusVectorStore(MilvusVectorStore.connect(info["uri"]), "skulens_fashion_current")

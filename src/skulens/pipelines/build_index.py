@@ -44,12 +44,13 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
     so a catalogue published mid-run cannot mix versions), then embed the snapshot with the champion
     embedder (served ONNX image tower when exported), by the runner ``retrieval.embed_runner`` names;
     a catalogue without photos with the text-encoder champion instead, when one passed its gate
-    (``retrieval.text_encoder``)."""
+    (``retrieval.text_encoder``). The local runner copies the published version's vectors of
+    products that did not change (same model version, title and photo) and embeds the rest."""
     import pyarrow.parquet as pq
 
     from skulens.data.catalog import read_table
     from skulens.models.onnx import configure
-    from skulens.tracking.registry import embedder_files, version_artifacts
+    from skulens.tracking.registry import embedder_files
 
     configure(settings.models.onnx_device)
     catalog = catalog or settings.retrieval.catalog
@@ -57,22 +58,11 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
         folder = _staging(settings, catalog, run_id)
         products = read_table(settings, catalog, "products")
         pq.write_table(products, folder / "products.parquet")
-        text_champion = _text_encoder_for(settings, products)
-        champion = text_champion or version_artifacts(settings, "embedder")
+        champion, text_only = champion_for(settings, products)
         model_version = f"{champion['name']}/{champion['version']}"
-        runner = settings.retrieval.embed_runner
-        if text_champion is not None:
-            from skulens.retrieval.embed import TextMapper, embed_catalog
-            from skulens.tracking.registry import served_text_encoder
-
-            # Local whatever the runner: one small text model, no photos to decode. The served file
-            # (ONNX, INT8 when it passed parity) embeds titles as it will embed queries.
-            runner = "local"
-            encoder, _ = served_text_encoder(champion)
-            summary = embed_catalog(products, TextMapper(encoder),
-                                    folder / "embeddings.parquet", model_version=model_version,
-                                    shard_level=settings.retrieval.shard_level)
-        elif runner == "spark":
+        # Local whatever the runner for a text-only encoder: one small text model, no photos to decode.
+        runner = "local" if text_only else settings.retrieval.embed_runner
+        if runner == "spark":
             bundle, image_onnx = embedder_files(champion)
             from skulens.spark.embed_catalog import embed_with_spark
             from skulens.spark.session import spark_session
@@ -82,16 +72,50 @@ def embed(settings: Settings, run_id: str, catalog: str | None = None) -> dict[s
                                        model_version=model_version, image_onnx=image_onnx,
                                        shard_level=settings.retrieval.shard_level)
         else:
-            from skulens.models.two_tower import TwoTower
-            from skulens.retrieval.embed import EmbeddingMapper, embed_catalog
+            from skulens.retrieval.embed import embed_catalog
 
-            bundle, image_onnx = embedder_files(champion)
-            tower = TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models")
-            summary = embed_catalog(products, EmbeddingMapper(tower, image_onnx), folder / "embeddings.parquet",
-                                    model_version=model_version, shard_level=settings.retrieval.shard_level)
+            summary = embed_catalog(products, local_mapper(settings, champion, text_only=text_only),
+                                    folder / "embeddings.parquet", model_version=model_version,
+                                    shard_level=settings.retrieval.shard_level,
+                                    previous=_published_embeddings(settings, catalog))
         out.update(summary, catalog=catalog, run_id=champion["run_id"], runner=runner,
                    snapshot=str(folder / "products.parquet"))
         return out
+
+
+def champion_for(settings: Settings, products: Any) -> tuple[dict[str, Any], bool]:
+    """The registered model that embeds ``products`` and whether it is the text-only encoder."""
+    from skulens.tracking.registry import version_artifacts
+
+    text_champion = _text_encoder_for(settings, products)
+    return (text_champion, True) if text_champion is not None else (version_artifacts(settings, "embedder"), False)
+
+
+def local_mapper(settings: Settings, champion: dict[str, Any], *, text_only: bool) -> Any:
+    """The local runner's mapper for a champion: the text encoder's served file (ONNX, INT8 when it
+    passed parity) embedding titles as it embeds queries, or the two-tower with its served ONNX
+    image tower."""
+    if text_only:
+        from skulens.retrieval.embed import TextMapper
+        from skulens.tracking.registry import served_text_encoder
+
+        encoder, _ = served_text_encoder(champion)
+        return TextMapper(encoder)
+    from skulens.models.two_tower import TwoTower
+    from skulens.retrieval.embed import EmbeddingMapper
+    from skulens.tracking.registry import embedder_files
+
+    bundle, image_onnx = embedder_files(champion)
+    return EmbeddingMapper(TwoTower.load(bundle, cache_dir=settings.home / "cache" / "models"), image_onnx)
+
+
+def _published_embeddings(settings: Settings, catalog: str) -> Path | None:
+    """The published version's embeddings, whose unchanged products the local runner copies
+    (``retrieval.reuse_embeddings``); None when switched off or nothing is published."""
+    if not settings.retrieval.reuse_embeddings:
+        return None
+    current = index_store(settings, catalog).current()
+    return None if current is None else current / "embeddings.parquet"
 
 
 def _text_encoder_for(settings: Settings, products: Any) -> dict[str, Any] | None:
