@@ -82,7 +82,8 @@ def main() -> None:
         f"The rebuild with {args.changed:.0%} edited is {speedup}x faster than the first build. Copied vectors are "
         f"identical to the full run's ({checks['copied_rows_identical']}; unchanged rebuild identical: "
         f"{checks['unchanged_rebuild_identical']}); the edited rows differ from a fresh embedding of the edited "
-        f"titles by at most {checks['edited_rows_max_abs_diff_vs_fresh']:.2e} (batches of other titles around them can move the last bits; here they did not)."
+        f"titles by at most {checks['edited_rows_max_abs_diff_vs_fresh']:.2e} (batches of other titles around "
+        "them can move the last bits).",
     ]
     write_report("incremental_embed", lines, {"machine": machine_description(), "catalog": args.catalog,
                                               "model_version": version, "products": products.num_rows,

@@ -45,35 +45,19 @@ def main() -> None:
     args = parser.parse_args()
 
     import lightgbm
+    from _homedepot import judged_homedepot, retrievers
 
-    from skulens.data.catalog import read_table
-    from skulens.evaluation.harness import EvalConfig, _dense_encoder, query_splits, reranker_scorer, to_rel
+    from skulens.evaluation.harness import EvalConfig, reranker_scorer
     from skulens.evaluation.metrics import bootstrap_mean, paired_bootstrap, per_query_array
     from skulens.evaluation.ranking import RESCORE_PARAMS, UNJUDGED_REL, learn_adaptive, learn_rescorer, learn_weight
-    from skulens.retrieval.filters import FilterColumns
-    from skulens.retrieval.lexical import BM25Index, LexicalConfig
     from skulens.retrieval.ranking import RankingPolicy
-    from skulens.retrieval.retrievers import (
-        DenseRetriever,
-        LexicalRetriever,
-        PolicyRetriever,
-        RerankedRetriever,
-        SearchQuery,
-    )
-    from skulens.retrieval.vector_index import ShardedVectorIndex, VectorIndexConfig
+    from skulens.retrieval.retrievers import PolicyRetriever, RerankedRetriever, SearchQuery
     from skulens.settings import load_settings
 
     started = time.perf_counter()
     settings, cfg = load_settings(), EvalConfig()
-    products = read_table(settings, "homedepot", "products")
-    ids = products.column("product_id").to_pylist()
-    titles = dict(zip(ids, products.column("title").to_pylist(), strict=True))
-    qrels: dict[str, dict[str, int]] = {}
-    for row in read_table(settings, "homedepot", "judgments").to_pylist():
-        if row["product_id"] in titles:
-            qrels.setdefault(row["query"], {})[row["product_id"]] = to_rel(row["grade"], row["source"])
-    splits = query_splits(settings, sorted(qrels), cfg.test_fraction, cfg.seed)
-    useful = {q for q in qrels if any(g >= 4 for g in qrels[q].values())}
+    data = judged_homedepot(settings, cfg)
+    ids, titles, qrels, splits, useful = data.ids, data.titles, data.qrels, data.splits, data.useful
     rng = random.Random(cfg.seed)  # the sampling of skulens eval, so the same queries
 
     def sample(split: str, limit: int) -> list[str]:
@@ -86,14 +70,7 @@ def main() -> None:
     stage = sorted(random.Random(1).sample(rest, min(args.stage_queries, len(rest))))
     print(f"{len(test)} held-out, {len(train)} rescorer training, {len(stage)} stage training queries", flush=True)
 
-    lexical = BM25Index.build(products, LexicalConfig.from_settings(settings.retrieval))
-    encoder, label = _dense_encoder(settings, cfg.encoder)
-    vectors = encoder.encode_texts([titles[i] for i in ids])
-    paths = products.column("category_path").to_pylist()
-    store = ShardedVectorIndex.build(ids, vectors, [p[0] if p else None for p in paths],
-                                     VectorIndexConfig(**settings.retrieval.vector.model_dump()), model_version=label,
-                                     columns=FilterColumns.from_products(products))
-    dense, bm25 = DenseRetriever(store, encoder), LexicalRetriever(lexical)
+    dense, bm25, label = retrievers(settings, cfg, data)
     train_q = [SearchQuery(text=q) for q in train]
     train_dense = dict(zip(train, dense.search_batch(train_q, cfg.depth), strict=True))
     train_lexical = dict(zip(train, bm25.search_batch(train_q, cfg.depth), strict=True))
