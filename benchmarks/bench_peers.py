@@ -21,7 +21,11 @@ single stream on the same 2 cores.
 pyserini is not a dependency of skulens (it bundles a 140 MB Lucene jar); the script looks for it
 on ``--pyserini-path`` (a folder with pyserini 0.22.1 and pyjnius, e.g. made by
 ``pip install --no-deps --target /tmp/pys pyserini==0.22.1 pyjnius``) and reports it as not run
-when it is missing. LanceDB comes with ``pip install lancedb``.
+when it is missing. LanceDB is not a dependency either: the script looks for it on ``--lancedb-path``
+(made by ``pip install --no-deps --target /tmp/lance lancedb==0.40.0 deprecation overrides
+lance-namespace lance-namespace-urllib3-client``: ``--no-deps`` so that it cannot replace the
+project's numpy or pyarrow), else in the environment. A peer that fails says why in the report
+(the last lines of its error).
 """
 
 from __future__ import annotations
@@ -257,18 +261,24 @@ def run_worker(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(out), encoding="utf-8")
 
 
-def run_peer(name: str, version: Path, texts_file: Path, port: int, pyserini_path: str | None) -> dict:
-    """One peer in a child process; its max RSS comes back from wait4."""
+def run_peer(name: str, version: Path, texts_file: Path, port: int, paths: dict[str, str | None]) -> dict:
+    """One peer in a child process; its max RSS comes back from wait4. ``paths``: an extra import
+    folder per peer (pyserini's, LanceDB's)."""
     out = texts_file.with_name(f"{name}.json")
+    errors = texts_file.with_name(f"{name}.stderr")
     env = {**os.environ, "SKULENS_PROGRESS": "0"}
+    if paths.get(name):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [paths[name], env.get("PYTHONPATH")]))
     if name == "pyserini_bm25":
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pyserini_path, env.get("PYTHONPATH")]))
         env.setdefault("JAVA_HOME", str(Path(shutil.which("java") or "java").resolve().parents[1]))
-    proc = subprocess.Popen([sys.executable, __file__, "--worker", name, "--version", str(version), "--texts",
-                             str(texts_file), "--out", str(out), "--port", str(port)], env=env, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with errors.open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", name, "--version", str(version), "--texts",
+                                 str(texts_file), "--out", str(out), "--port", str(port)], env=env, cwd=ROOT,
+                                stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0 or not out.is_file():
-        return {"error": f"exit {os.waitstatus_to_exitcode(status)}"}
+        tail = errors.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        return {"error": f"exit {os.waitstatus_to_exitcode(status)}: {' / '.join(tail)}"[:400]}
     result = json.loads(out.read_text(encoding="utf-8"))
     result.setdefault("memory", {})["max_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
     return result
@@ -294,6 +304,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=PEERS)
     parser.add_argument("--port", type=int, default=3047)
     parser.add_argument("--pyserini-path", default=os.environ.get("SKULENS_PYSERINI_PATH", "/tmp/pys/lib"))
+    parser.add_argument("--lancedb-path", default=os.environ.get("SKULENS_LANCEDB_PATH", "/tmp/lance"),
+                        help="a folder holding lancedb (see the docstring); used when it exists")
     parser.add_argument("--from-report", action="store_true",
                         help="re-render docs/benchmarks/peers.md from peers.json (no measuring)")
     parser.add_argument("--worker", choices=PEERS, help=argparse.SUPPRESS)
@@ -325,7 +337,9 @@ def main() -> None:
             results[name] = {"error": f"not run: no pyserini under {args.pyserini_path} (see the docstring)"}
             continue
         print(f"[peers] {name} ...", flush=True)
-        results[name] = run_peer(name, version, texts_file, args.port, args.pyserini_path)
+        paths = {"pyserini_bm25": args.pyserini_path,
+                 "lancedb_hybrid": args.lancedb_path if Path(args.lancedb_path).is_dir() else None}
+        results[name] = run_peer(name, version, texts_file, args.port, paths)
         if "runs" in results[name]:
             ms = np.array(results[name].pop("ms"))
             runs = results[name].pop("runs")

@@ -185,24 +185,25 @@ def _rescore_features(qids: Sequence[str], texts: Mapping[str, str], fused: Mapp
 
 
 def _fit_rescorer(qids: Sequence[str], blocks: Mapping[str, np.ndarray], qrels: Qrels, fused: Mapping[str, Hits],
-                  unjudged_rel: int, seed: int) -> Any:
-    """A LambdaMART booster on the feature blocks of ``qids``; ungraded candidates at ``unjudged_rel``."""
+                  unjudged_rel: int, seed: int, features: Sequence[str]) -> Any:
+    """A LambdaMART booster on the ``features`` columns of the feature blocks of ``qids``; ungraded
+    candidates at ``unjudged_rel``."""
     import lightgbm
 
-    from skulens.retrieval.rescore import FEATURES as RESCORE_FEATURES
+    from skulens.retrieval.rescore import feature_columns
 
-    x = np.vstack([blocks[q] for q in qids])
+    x = np.vstack([blocks[q] for q in qids])[:, feature_columns(features)]
     y = np.asarray([qrels[q].get(pid, unjudged_rel) for q in qids for pid, _ in fused[q][:len(blocks[q])]],
                    dtype=np.int32)
-    data = lightgbm.Dataset(x, y, group=[len(blocks[q]) for q in qids], feature_name=list(RESCORE_FEATURES),
+    data = lightgbm.Dataset(x, y, group=[len(blocks[q]) for q in qids], feature_name=list(features),
                             free_raw_data=False)
     return lightgbm.train({**RESCORE_PARAMS, "seed": seed}, data, RESCORE_ROUNDS)
 
 
 def learn_rescorer(texts: Mapping[str, str], qrels: Qrels, fused: Mapping[str, Hits], dense: Mapping[str, Hits],
                    lexical: Mapping[str, Hits], titles: Mapping[str, str], *, depth: int = 100, folds: int = 2,
-                   min_queries: int = 100, seed: int = 0, unjudged_rel: int = UNJUDGED_REL
-                   ) -> tuple[Any, dict[str, Any]]:
+                   min_queries: int = 100, seed: int = 0, unjudged_rel: int = UNJUDGED_REL,
+                   features: Sequence[str] | None = None) -> tuple[Any, dict[str, Any]]:
     """A :class:`~skulens.retrieval.rescore.Rescorer` of the fused top ``depth``, or None, with
     what learning measured.
 
@@ -210,11 +211,14 @@ def learn_rescorer(texts: Mapping[str, str], qrels: Qrels, fused: Mapping[str, H
     never saw it), the rescored order must beat the fused order's nDCG@10 on those queries;
     only then is the model refitted on all of them and returned. Candidates no judgment grades
     learn as ``unjudged_rel`` (:data:`UNJUDGED_REL` for sparse human judgments; 0 where every
-    product was graded, as attribute queries grade the whole catalogue)."""
-    from skulens.retrieval.rescore import Idf, Rescorer
+    product was graded, as attribute queries grade the whole catalogue). ``features``: the columns
+    of :data:`~skulens.retrieval.rescore.FEATURES` it learns on (all of them by default)."""
+    from skulens.retrieval.rescore import FEATURES, Idf, Rescorer
 
+    features = tuple(features or FEATURES)
     qids = sorted(q for q in texts if qrels.get(q) and fused.get(q))
-    measured: dict[str, Any] = {"queries": len(qids), "depth": depth, "unjudged_rel": unjudged_rel}
+    measured: dict[str, Any] = {"queries": len(qids), "depth": depth, "unjudged_rel": unjudged_rel,
+                                "features": len(features)}
     if len(qids) < min_queries:
         measured["kept"] = f"no: {len(qids)} training queries, fewer than {min_queries}"
         return None, measured
@@ -228,7 +232,7 @@ def learn_rescorer(texts: Mapping[str, str], qrels: Qrels, fused: Mapping[str, H
     for fold in range(folds):
         fit = [q for q in qids if assigned[q] != fold]
         held = [q for q in qids if assigned[q] == fold]
-        model = Rescorer(_fit_rescorer(fit, blocks, qrels, fused, unjudged_rel, seed), depth, idf)
+        model = Rescorer(_fit_rescorer(fit, blocks, qrels, fused, unjudged_rel, seed, features), depth, idf, features)
         for q in held:
             rescored[q] = model.reorder(fused[q], model.predict(blocks[q]))
     before, after = _ndcg(qrels, fused, qids), _ndcg(qrels, rescored, qids)
@@ -238,7 +242,8 @@ def learn_rescorer(texts: Mapping[str, str], qrels: Qrels, fused: Mapping[str, H
         measured["kept"] = f"no: rescored {after:.4f} <= fused {before:.4f} on queries it was not fitted on"
         return None, measured
     measured["kept"] = f"yes: rescored {after:.4f} > fused {before:.4f} on queries it was not fitted on"
-    return Rescorer(_fit_rescorer(qids, blocks, qrels, fused, unjudged_rel, seed), depth, idf), measured
+    return Rescorer(_fit_rescorer(qids, blocks, qrels, fused, unjudged_rel, seed, features), depth, idf,
+                    features), measured
 
 
 def _rerank_p95_ms(reranker: Callable[[str, list[str]], np.ndarray], calls: list[tuple[str, list[str]]]) -> float:

@@ -184,9 +184,7 @@ class RankingPolicy:
         if self.adaptive is not None:
             out["adaptive"] = self.adaptive.to_dict()
         if self.rescorer is not None:
-            from skulens.retrieval.rescore import FEATURES as RESCORE_FEATURES
-
-            out["rescore"] = {"depth": self.rescorer.depth, "features": list(RESCORE_FEATURES)}
+            out["rescore"] = {"depth": self.rescorer.depth, "features": list(self.rescorer.features)}
         return out
 
     @classmethod

@@ -3,9 +3,11 @@
 The weighted fusion gives BM25 and the dense side one share for every candidate of every query.
 The rescorer reads more per candidate (its BM25 and dense scores and ranks, both relative to the
 query's best; how much of the query its title covers, by words, by IDF mass and by character
-trigrams; whether the query's numbers, word pairs and last word appear in it; how long the title
-is and where the first match sits) and per query (its length, how rare its words are, how strongly
-each side matched) and orders the fused head by a LightGBM LambdaMART model.
+trigrams, and by word stems; whether the query's numbers, word pairs and last word appear in it; how
+long the title is and where the first match sits; how much it agrees with the other titles at the
+head of the fused list, which says whether it is the kind of product most of the head is) and per
+query (its length, how rare its words are, how strongly each side matched) and orders the fused head
+by a LightGBM LambdaMART model.
 
 It is learned for one index version from judged training queries
 (``skulens.evaluation.ranking.learn_rescorer``, run by ``build_index``'s learn_ranking and by
@@ -32,7 +34,12 @@ IDF_FILE = "rescorer_idf.json"
 FEATURES = ("bm25", "dense", "fused", "rank_bm25", "rank_dense", "rank_fused", "bm25_share", "dense_gap",
             "query_words", "title_words", "word_cover", "idf_cover", "last_word_in_title", "query_numbers",
             "number_cover", "pair_cover", "trigram_jaccard", "first_match_at", "query_top_bm25",
-            "query_top_dense", "query_mean_idf", "missing_max_idf")
+            "query_top_dense", "query_mean_idf", "missing_max_idf", "stem_cover", "head_agreement",
+            "head_idf_consensus")
+# How many titles at the head of the fused list the agreement features compare a candidate with.
+HEAD = 10
+# Word stems: the first letters of a word, so that "painting" matches "paint" and "lighting" "lights".
+_STEM = 5
 _ABSENT_RANK = 150.0  # a candidate one side did not return ranks below that side's whole list
 _WORD = re.compile(r"[a-z0-9]+(?:[./][0-9]+)?")
 
@@ -42,6 +49,20 @@ def words(text: str | None) -> list[str]:
     dropped from words of four letters or more (not ``ss``, not after a digit)."""
     return [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") and not w[-2].isdigit() else w
             for w in _WORD.findall((text or "").lower())]
+
+
+def _stems(word_list: Iterable[str]) -> set[str]:
+    return {w[:_STEM] for w in word_list}
+
+
+def _head_consensus(word_sets: Sequence[set[str]]) -> dict[str, float]:
+    """Each word's share of the first :data:`HEAD` titles holding it."""
+    head = word_sets[:HEAD]
+    counts: dict[str, int] = {}
+    for have in head:
+        for w in have:
+            counts[w] = counts.get(w, 0) + 1
+    return {w: c / len(head) for w, c in counts.items()} if head else {}
 
 
 def _trigrams(text: str | None) -> set[str]:
@@ -89,11 +110,17 @@ def candidate_features(query: str, fused: Hits, dense: Hits, lexical: Hits, titl
     asked_trigrams = _trigrams(query)
     top_bm25 = max(bm25.values(), default=0.0)
     top_dense = max(cosine.values(), default=np.nan)
+    asked_stems = _stems(asked_set)
+    titled = [titles.get(pid) or "" for pid, _ in fused]
+    worded = [words(title) for title in titled]
+    word_sets = [set(have) for have in worded]
+    # What the head of the fused list agrees on (its titles' shared words): a candidate unlike the
+    # rest of the head is often another kind of product that matched a word of the query.
+    consensus = _head_consensus(word_sets)
+    head_sets = word_sets[:HEAD]
     out = np.empty((len(fused), len(FEATURES)), dtype=np.float64)
     for i, (pid, fused_score) in enumerate(fused):
-        title = titles.get(pid) or ""
-        have = words(title)
-        have_set = set(have)
+        title, have, have_set = titled[i], worded[i], word_sets[i]
         shared = asked_set & have_set
         missing = [asked_idf[w] for w in asked_set - have_set]
         at = next((j for j, w in enumerate(have) if w in asked_set), None)
@@ -111,17 +138,48 @@ def candidate_features(query: str, fused: Hits, dense: Hits, lexical: Hits, titl
             len(asked_trigrams & title_trigrams) / max(len(asked_trigrams | title_trigrams), 1),
             at / max(len(have), 1) if at is not None else 1.0,
             top_bm25, top_dense, total_idf / max(len(asked_set), 1), max(missing, default=0.0),
+            len(asked_stems & _stems(have_set)) / max(len(asked_stems), 1),
+            _mean_jaccard(have_set, head_sets, skip=i),
+            _idf_consensus(have_set, consensus, idf),
         )
     return out
 
 
-class Rescorer:
-    """A LightGBM LambdaMART booster over :data:`FEATURES` that reorders the fused top ``depth``."""
+def _mean_jaccard(have: set[str], head: Sequence[set[str]], skip: int) -> float:
+    """The mean word Jaccard of one title with the head's titles (itself, at ``skip``, left out)."""
+    others = [h for j, h in enumerate(head) if j != skip]
+    if not others:
+        return 0.0
+    return sum(len(have & h) / max(len(have | h), 1) for h in others) / len(others)
 
-    def __init__(self, booster: Any, depth: int, idf: Idf) -> None:
+
+def _idf_consensus(have: set[str], consensus: Mapping[str, float], idf: Callable[[str], float]) -> float:
+    """How much of a title's IDF mass is words the head's titles share (each word by its share)."""
+    weights = {w: idf(w) for w in have}
+    total = sum(weights.values())
+    return sum(v * consensus.get(w, 0.0) for w, v in weights.items()) / total if total > 0 else 0.0
+
+
+def feature_columns(names: Sequence[str]) -> list[int]:
+    """The columns of :func:`candidate_features` that hold ``names``; refuses a name it does not compute."""
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise ValueError(f"the rescorer was learned on features {list(names)}; this version of skulens does not "
+                         f"compute {unknown} (it computes {list(FEATURES)}): relearn the index version's ranking")
+    return [FEATURES.index(n) for n in names]
+
+
+class Rescorer:
+    """A LightGBM LambdaMART booster over the named ``features`` (of :data:`FEATURES`; all of them by
+    default) that reorders the fused top ``depth``. A version learned on fewer features than this
+    skulens computes keeps its own: it loads and scores as it was learned."""
+
+    def __init__(self, booster: Any, depth: int, idf: Idf, features: Sequence[str] = FEATURES) -> None:
         if depth < 1:
             raise ValueError(f"rescore depth must be at least 1, got {depth}")
         self.booster, self.depth, self.idf = booster, int(depth), idf
+        self.features = tuple(features)
+        self._columns = feature_columns(self.features)
 
     def scores(self, query: str, fused: Hits, dense: Hits, lexical: Hits, titles: Mapping[str, str]) -> np.ndarray:
         """The model's score of each of ``fused`` (higher: better)."""
@@ -130,7 +188,9 @@ class Rescorer:
         return self.predict(candidate_features(query, fused, dense, lexical, titles, self.idf))
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """The model's scores of rows of :func:`candidate_features`."""
+        """The model's scores of rows of :func:`candidate_features` (all its columns; the model reads its own)."""
+        if len(self._columns) != features.shape[1]:
+            features = features[:, self._columns]
         return np.asarray(self.booster.predict(features, num_threads=1), dtype=np.float64)
 
     def rescore(self, query: str, fused: Hits, dense: Hits, lexical: Hits, titles: Mapping[str, str]) -> Hits:
@@ -156,15 +216,14 @@ class Rescorer:
 
     @classmethod
     def load(cls, folder: Path, depth: int, features: Sequence[str]) -> Rescorer:
-        """The rescorer stored with an index version; refuses one learned on other features."""
+        """The rescorer stored with an index version; refuses one learned on a feature this skulens
+        does not compute."""
         import json
 
         import lightgbm
 
-        if tuple(features) != FEATURES:
-            raise ValueError(f"the rescorer was learned on features {list(features)}; this version of skulens "
-                             f"computes {list(FEATURES)}: relearn the index version's ranking")
+        feature_columns(features)  # before reading anything
         folder = Path(folder)
         raw = json.loads((folder / IDF_FILE).read_text(encoding="utf-8"))
         return cls(lightgbm.Booster(model_file=str(folder / FILE)), depth,
-                   Idf(raw["frequencies"], raw["documents"]))
+                   Idf(raw["frequencies"], raw["documents"]), features)

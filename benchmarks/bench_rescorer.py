@@ -1,13 +1,15 @@
-"""How many training queries the served ranking should learn from: docs/benchmarks/rescorer_queries.md.
+"""What the served rescorer should learn from: training queries and features (docs/benchmarks/rescorer.md).
 
 `build_index` learns each version's ranking (fusion weight, per-query weight, LambdaMART rescorer of
 the fused head) on 4,000 training queries (``RANKING_QUERIES``), and `skulens eval` the same; the
 Home Depot judgments hold about twice as many useful training queries. This learns the ranking
-exactly as both do on nested samples of 1,000, 2,000, 4,000 and every useful training query, and
+exactly as both do on nested samples of 1,000, 2,000, 4,000 and every useful training query, with
+every rescorer feature and without the newest ones (stems and the head's agreement, ``NEW``), and
 scores each on the held-out queries of `skulens eval` (the same split, the same dense encoder),
-with paired 95% bootstrap intervals of each against the 4,000 in use and the learning time.
+with paired 95% bootstrap intervals of each against the previous setting (4,000 queries, without
+the new features) and the learning time.
 
-    .venv/bin/python benchmarks/bench_rescorer_queries.py
+    .venv/bin/python benchmarks/bench_rescorer.py
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import time
 import numpy as np
 from _report import machine_description, write_report
 
-SIZES = (1000, 2000, 4000, None)  # None: every useful training query
-CURRENT = 4000
+NEW = ("stem_cover", "head_agreement", "head_idf_consensus")
+# (training queries, features): None queries is every useful training query.
+RUNS = ((4000, "previous"), (None, "previous"), (1000, "all"), (2000, "all"), (4000, "all"), (None, "all"))
+BASE = "4000, previous"
 
 
 def main() -> None:
@@ -29,6 +33,7 @@ def main() -> None:
     from skulens.evaluation.metrics import bootstrap_mean, paired_bootstrap, per_query_array
     from skulens.evaluation.ranking import UNJUDGED_REL, learn_adaptive, learn_rescorer, learn_weight
     from skulens.retrieval.ranking import RankingPolicy
+    from skulens.retrieval.rescore import FEATURES
     from skulens.retrieval.retrievers import PolicyRetriever, SearchQuery
     from skulens.settings import load_settings
 
@@ -55,9 +60,10 @@ def main() -> None:
 
     rows: dict[str, dict] = {}
     scores: dict[str, np.ndarray] = {}
-    for size in SIZES:
+    feature_sets = {"previous": [f for f in FEATURES if f not in NEW], "all": list(FEATURES)}
+    for size, kind in RUNS:
         train = sorted(pool[:size] if size else pool)
-        name = str(size or f"all ({len(pool)})")
+        name = f"{size or 'all'}, {kind}"
         t = time.perf_counter()
         qrels = {q: data.qrels[q] for q in train}
         d, lx = {q: pool_dense[q] for q in train}, {q: pool_lexical[q] for q in train}
@@ -66,36 +72,41 @@ def main() -> None:
         policy = RankingPolicy(fusion_weight=weight, adaptive=adaptive)
         fused = {q: policy.fuse(d[q], lx[q], q) for q in train}
         rescorer, measured = learn_rescorer({q: q for q in train}, qrels, fused, d, lx, data.titles,
-                                            depth=cfg.depth, unjudged_rel=UNJUDGED_REL)
+                                            depth=cfg.depth, unjudged_rel=UNJUDGED_REL,
+                                            features=feature_sets[kind])
         learn_s = time.perf_counter() - t
         served = PolicyRetriever(dense, bm25, RankingPolicy(fusion_weight=weight, adaptive=adaptive,
                                                             rescorer=rescorer), cfg.depth, "served",
                                  titles=data.titles)
         scores[name] = ndcg(served)
-        rows[name] = {"train_queries": len(train), "fusion_weight": weight, "adaptive": adaptive is not None,
+        rows[name] = {"train_queries": len(train), "features": kind, "fusion_weight": weight,
+                      "adaptive": adaptive is not None,
                       "rescorer": measured["kept"], "learn_s": round(learn_s, 1),
                       "nDCG@10": [round(v, 4) for v in bootstrap_mean(scores[name])]}
         print(name, rows[name], flush=True)
-    base = scores[str(CURRENT)]
+    base = scores[BASE]
     for name, row in rows.items():
-        row["gain_vs_4000"] = [round(v, 4) for v in paired_bootstrap(scores[name], base)]
+        row["gain_vs_base"] = [round(v, 4) for v in paired_bootstrap(scores[name], base)]
 
-    lines = ["# How many training queries the served ranking learns from", "",
+    lines = ["# What the served rescorer learns from: training queries and features", "",
              f"Measured on {machine_description()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
-             "Command: `.venv/bin/python benchmarks/bench_rescorer_queries.py`.", "",
+             "Command: `.venv/bin/python benchmarks/bench_rescorer.py`.", "",
              f"{len(test)} held-out real Home Depot queries (the split and sample of `skulens eval`) over "
              f"{len(data.ids):,} products; dense side {label}. Each row learns the fusion weight, the per-query "
              "weight and the LambdaMART rescorer of the fused top 100 as `build_index` and `skulens eval` learn "
-             f"them, on nested samples of the {len(pool):,} useful training queries. Paired 95% bootstrap "
-             f"intervals against the {CURRENT:,} queries in use.", "",
-             "| training queries | fusion weight | rescorer kept | nDCG@10 [95% CI] | gain vs 4,000 | learning s |",
+             f"them, on nested samples of the {len(pool):,} useful training queries, with every rescorer feature "
+             f"(`all`) or without {', '.join(f'`{f}`' for f in NEW)} (`previous`). Paired 95% bootstrap "
+             f"intervals against {BASE} (what was served before).", "",
+             "| training queries, features | fusion weight | rescorer kept | nDCG@10 [95% CI] | gain vs "
+             f"{BASE} | learning s |",
              "|---|---:|---|---|---|---:|"]
     for name, r in rows.items():
-        m, g = r["nDCG@10"], r["gain_vs_4000"]
-        lines.append(f"| {name} | {r['fusion_weight']} | {r['rescorer'].split(':')[0]} | {m[0]:.4f} [{m[1]:.4f}, "
-                     f"{m[2]:.4f}] | {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}] | {r['learn_s']} |")
+        m, g = r["nDCG@10"], r["gain_vs_base"]
+        lines.append(f"| {name} ({r['train_queries']:,}) | {r['fusion_weight']} | {r['rescorer'].split(':')[0]} | "
+                     f"{m[0]:.4f} [{m[1]:.4f}, {m[2]:.4f}] | {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}] | "
+                     f"{r['learn_s']} |")
     lines += ["", f"{time.perf_counter() - started:.0f} s in all."]
-    write_report("rescorer_queries", lines, {"machine": machine_description(), "held_out": len(test),
+    write_report("rescorer", lines, {"machine": machine_description(), "held_out": len(test),
                                              "dense": label, "rows": rows})
 
 
