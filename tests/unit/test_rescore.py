@@ -36,28 +36,9 @@ def test_candidate_features_read_how_the_title_matches_the_query():
     assert c[col["missing_max_idf"]] > 0
 
 
-def test_stems_and_the_heads_agreement_tell_the_kind_of_product():
-    titles = {"l1": "Vanity Light Bar 3-Light Chrome", "l2": "Bathroom Vanity Light Bar Brushed Nickel",
-              "l3": "4-Light Vanity Light Chrome", "cab": "Bathroom Vanity Cabinet 30 in. White Oak",
-              "paint": "Interior Paint Eggshell White"}
-    idf = Idf.from_titles(titles.values())
-    fused = [(p, 1.0 - i / 10) for i, p in enumerate(("l1", "cab", "l2", "l3"))]
-    x = candidate_features("bathroom vanity lighting", fused, dense=[], lexical=[], titles=titles, idf=idf)
-    col = {name: i for i, name in enumerate(FEATURES)}
-    light, cabinet = x[0], x[1]
-    # "lighting" has no exact match in any title; by stem it matches "light".
-    assert light[col["word_cover"]] == pytest.approx(1 / 3) and light[col["stem_cover"]] == pytest.approx(2 / 3)
-    # The cabinet shares two query words but not what the rest of the head is: lights.
-    assert cabinet[col["word_cover"]] > light[col["word_cover"]]
-    assert light[col["head_agreement"]] > cabinet[col["head_agreement"]] + 0.1
-    assert light[col["head_idf_consensus"]] > cabinet[col["head_idf_consensus"]] + 0.1
-    paint = candidate_features("white paint", [("paint", 1.0)], [], [], titles, idf)[0]
-    assert paint[col["head_agreement"]] == 0.0  # a head of one: nothing to agree with
-
-
 def test_a_rescorer_learned_on_fewer_features_keeps_them(tmp_path):
     texts, qrels, fused, titles = _word_queries()
-    older = [f for f in FEATURES if not f.startswith("head_")]  # as a version learned before they existed
+    older = [f for f in FEATURES if f not in ("pair_cover", "missing_max_idf")]  # as if learned before those existed
     rescorer, _ = learn_rescorer(texts, qrels, fused, fused, fused, titles, depth=20, unjudged_rel=0, features=older)
     assert rescorer.features == tuple(older)
     RankingPolicy(fusion_weight=0.4, rescorer=rescorer, learned_on="toy").save(tmp_path)

@@ -3,11 +3,11 @@
 The weighted fusion gives BM25 and the dense side one share for every candidate of every query.
 The rescorer reads more per candidate (its BM25 and dense scores and ranks, both relative to the
 query's best; how much of the query its title covers, by words, by IDF mass and by character
-trigrams, and by word stems; whether the query's numbers, word pairs and last word appear in it; how
-long the title is and where the first match sits; how much it agrees with the other titles at the
-head of the fused list, which says whether it is the kind of product most of the head is) and per
-query (its length, how rare its words are, how strongly each side matched) and orders the fused head
-by a LightGBM LambdaMART model.
+trigrams; whether the query's numbers, word pairs and last word appear in it; how long the title
+is and where the first match sits) and per query (its length, how rare its words are, how strongly
+each side matched) and orders the fused head by a LightGBM LambdaMART model. (Word stems and the
+title's agreement with the rest of the fused head were tried as features and did not help on
+held-out queries: docs/benchmarks/rescorer.md.)
 
 It is learned for one index version from judged training queries
 (``skulens.evaluation.ranking.learn_rescorer``, run by ``build_index``'s learn_ranking and by
@@ -34,12 +34,7 @@ IDF_FILE = "rescorer_idf.json"
 FEATURES = ("bm25", "dense", "fused", "rank_bm25", "rank_dense", "rank_fused", "bm25_share", "dense_gap",
             "query_words", "title_words", "word_cover", "idf_cover", "last_word_in_title", "query_numbers",
             "number_cover", "pair_cover", "trigram_jaccard", "first_match_at", "query_top_bm25",
-            "query_top_dense", "query_mean_idf", "missing_max_idf", "stem_cover", "head_agreement",
-            "head_idf_consensus")
-# How many titles at the head of the fused list the agreement features compare a candidate with.
-HEAD = 10
-# Word stems: the first letters of a word, so that "painting" matches "paint" and "lighting" "lights".
-_STEM = 5
+            "query_top_dense", "query_mean_idf", "missing_max_idf")
 _ABSENT_RANK = 150.0  # a candidate one side did not return ranks below that side's whole list
 _WORD = re.compile(r"[a-z0-9]+(?:[./][0-9]+)?")
 
@@ -49,20 +44,6 @@ def words(text: str | None) -> list[str]:
     dropped from words of four letters or more (not ``ss``, not after a digit)."""
     return [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") and not w[-2].isdigit() else w
             for w in _WORD.findall((text or "").lower())]
-
-
-def _stems(word_list: Iterable[str]) -> set[str]:
-    return {w[:_STEM] for w in word_list}
-
-
-def _head_consensus(word_sets: Sequence[set[str]]) -> dict[str, float]:
-    """Each word's share of the first :data:`HEAD` titles holding it."""
-    head = word_sets[:HEAD]
-    counts: dict[str, int] = {}
-    for have in head:
-        for w in have:
-            counts[w] = counts.get(w, 0) + 1
-    return {w: c / len(head) for w, c in counts.items()} if head else {}
 
 
 def _trigrams(text: str | None) -> set[str]:
@@ -110,17 +91,11 @@ def candidate_features(query: str, fused: Hits, dense: Hits, lexical: Hits, titl
     asked_trigrams = _trigrams(query)
     top_bm25 = max(bm25.values(), default=0.0)
     top_dense = max(cosine.values(), default=np.nan)
-    asked_stems = _stems(asked_set)
-    titled = [titles.get(pid) or "" for pid, _ in fused]
-    worded = [words(title) for title in titled]
-    word_sets = [set(have) for have in worded]
-    # What the head of the fused list agrees on (its titles' shared words): a candidate unlike the
-    # rest of the head is often another kind of product that matched a word of the query.
-    consensus = _head_consensus(word_sets)
-    head_sets = word_sets[:HEAD]
     out = np.empty((len(fused), len(FEATURES)), dtype=np.float64)
     for i, (pid, fused_score) in enumerate(fused):
-        title, have, have_set = titled[i], worded[i], word_sets[i]
+        title = titles.get(pid) or ""
+        have = words(title)
+        have_set = set(have)
         shared = asked_set & have_set
         missing = [asked_idf[w] for w in asked_set - have_set]
         at = next((j for j, w in enumerate(have) if w in asked_set), None)
@@ -138,26 +113,8 @@ def candidate_features(query: str, fused: Hits, dense: Hits, lexical: Hits, titl
             len(asked_trigrams & title_trigrams) / max(len(asked_trigrams | title_trigrams), 1),
             at / max(len(have), 1) if at is not None else 1.0,
             top_bm25, top_dense, total_idf / max(len(asked_set), 1), max(missing, default=0.0),
-            len(asked_stems & _stems(have_set)) / max(len(asked_stems), 1),
-            _mean_jaccard(have_set, head_sets, skip=i),
-            _idf_consensus(have_set, consensus, idf),
         )
     return out
-
-
-def _mean_jaccard(have: set[str], head: Sequence[set[str]], skip: int) -> float:
-    """The mean word Jaccard of one title with the head's titles (itself, at ``skip``, left out)."""
-    others = [h for j, h in enumerate(head) if j != skip]
-    if not others:
-        return 0.0
-    return sum(len(have & h) / max(len(have | h), 1) for h in others) / len(others)
-
-
-def _idf_consensus(have: set[str], consensus: Mapping[str, float], idf: Callable[[str], float]) -> float:
-    """How much of a title's IDF mass is words the head's titles share (each word by its share)."""
-    weights = {w: idf(w) for w in have}
-    total = sum(weights.values())
-    return sum(v * consensus.get(w, 0.0) for w, v in weights.items()) / total if total > 0 else 0.0
 
 
 def feature_columns(names: Sequence[str]) -> list[int]:
@@ -179,7 +136,8 @@ class Rescorer:
             raise ValueError(f"rescore depth must be at least 1, got {depth}")
         self.booster, self.depth, self.idf = booster, int(depth), idf
         self.features = tuple(features)
-        self._columns = feature_columns(self.features)
+        columns = feature_columns(self.features)
+        self._columns = None if columns == list(range(len(FEATURES))) else columns  # None: every column, in order
 
     def scores(self, query: str, fused: Hits, dense: Hits, lexical: Hits, titles: Mapping[str, str]) -> np.ndarray:
         """The model's score of each of ``fused`` (higher: better)."""
@@ -189,7 +147,7 @@ class Rescorer:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """The model's scores of rows of :func:`candidate_features` (all its columns; the model reads its own)."""
-        if len(self._columns) != features.shape[1]:
+        if self._columns is not None:
             features = features[:, self._columns]
         return np.asarray(self.booster.predict(features, num_threads=1), dtype=np.float64)
 
