@@ -408,6 +408,12 @@ def report(results: dict, version: Path, queries: int, args: argparse.Namespace,
               "adaptive fusion, rerank depth and blend, all learned on training queries), reached over HTTP; "
               "`skulens_no_rerank` sends `\"rerank\": false`. Both ask for k = 100 (the cross-encoder reranks only "
               "the head; its depth is in ranking.json)."]
+    manifest = version / "vector" / "manifest.json"
+    if manifest.is_file():
+        model = json.loads(manifest.read_text(encoding="utf-8")).get("model_version")
+        lines.append(f"- skulens' dense side is the index version's title vectors, from {model} (without a "
+                     "text-encoder champion, a catalogue without photos is embedded by the champion embedder's "
+                     "text tower).")
     write_report("peers", lines, {"command": command, "machine": machine_description(), "version": version.name,
                                   "written": written, "queries": queries, "results": results})
 

@@ -96,8 +96,8 @@ def main() -> None:
              f"{len(data.ids):,} products; dense side {label}. Each row learns the fusion weight, the per-query "
              "weight and the LambdaMART rescorer of the fused top 100 as `build_index` and `skulens eval` learn "
              f"them, on nested samples of the {len(pool):,} useful training queries, with every rescorer feature "
-             f"(`all`) or without {', '.join(f'`{f}`' for f in NEW)} (`previous`). Paired 95% bootstrap "
-             f"intervals against {BASE} (what was served before).", "",
+             "(`all`)" + (f" or without {', '.join(f'`{f}`' for f in NEW)} (`previous`)" if NEW else "") +
+             f". Paired 95% bootstrap intervals against {BASE}.", "",
              "| training queries, features | fusion weight | rescorer kept | nDCG@10 [95% CI] | gain vs "
              f"{BASE} | learning s |",
              "|---|---:|---|---|---|---:|"]

@@ -253,7 +253,7 @@ def version_artifacts(settings: Settings, kind: str, alias: str = CHAMPION, vers
         mv = mlc.get_model_version(name, str(version)) if version is not None else \
             mlc.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        which = f"version {version}" if version is not None else f"a version with alias {alias!r}"
+        which = f"version {version}" if version is not None else f"version with alias {alias!r}"
         raise LookupError(f"registered model {name} has no {which}; "
                           "run the train_and_export pipeline first") from exc
     local = settings.home / "cache" / "registry" / name / f"v{mv.version}"
