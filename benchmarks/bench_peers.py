@@ -20,7 +20,7 @@ single stream on the same 2 cores.
 
 pyserini is not a dependency of skulens (it bundles a 140 MB Lucene jar); the script looks for it
 on ``--pyserini-path`` (a folder with pyserini 0.22.1 and pyjnius, e.g. made by
-``pip install --no-deps --target /tmp/pys pyserini==0.22.1 pyjnius``) and reports it as not run
+``pip install --no-deps --target /tmp/pys/lib pyserini==0.22.1 pyjnius``) and reports it as not run
 when it is missing. LanceDB is not a dependency either: the script looks for it on ``--lancedb-path``
 (made by ``pip install --no-deps --target /tmp/lance lancedb==0.40.0 deprecation overrides
 lance-namespace lance-namespace-urllib3-client``: ``--no-deps`` so that it cannot replace the
@@ -321,7 +321,7 @@ def main() -> None:
     if args.from_report:
         saved = json.loads((ROOT / "docs" / "benchmarks" / "peers.json").read_text(encoding="utf-8"))
         report(saved["results"], home / "indexes" / "homedepot" / "versions" / saved["version"], saved["queries"],
-               args, command=saved["command"], written=saved.get("written"))
+               args, command=saved["command"], written=saved.get("written"), dense_model=saved.get("dense_model"))
         return
     version = served_version(home)
     qrels, texts = held_out_queries(args.queries, args.seed)
@@ -351,7 +351,7 @@ def main() -> None:
 
 
 def report(results: dict, version: Path, queries: int, args: argparse.Namespace, command: str | None = None,
-           written: str | None = None) -> None:
+           written: str | None = None, dense_model: str | None = None) -> None:
     from datetime import UTC, datetime
 
     manifest = json.loads((version / "manifest.json").read_text(encoding="utf-8"))
@@ -408,14 +408,20 @@ def report(results: dict, version: Path, queries: int, args: argparse.Namespace,
               "adaptive fusion, rerank depth and blend, all learned on training queries), reached over HTTP; "
               "`skulens_no_rerank` sends `\"rerank\": false`. Both ask for k = 100 (the cross-encoder reranks only "
               "the head; its depth is in ranking.json)."]
-    manifest = version / "vector" / "manifest.json"
-    if manifest.is_file():
-        model = json.loads(manifest.read_text(encoding="utf-8")).get("model_version")
-        lines.append(f"- skulens' dense side is the index version's title vectors, from {model} (without a "
-                     "text-encoder champion, a catalogue without photos is embedded by the champion embedder's "
-                     "text tower).")
+    dense = dense_model or _dense_model(version)
+    if dense:
+        why = ("the text-encoder champion" if dense.startswith("skulens-text-encoder") else
+               "the champion embedder's text tower: without a text-encoder champion, a catalogue without photos "
+               "is embedded by it")
+        lines.append(f"- skulens' dense side is the index version's title vectors, from {dense} ({why}).")
     write_report("peers", lines, {"command": command, "machine": machine_description(), "version": version.name,
-                                  "written": written, "queries": queries, "results": results})
+                                  "written": written, "queries": queries, "dense_model": dense, "results": results})
+
+
+def _dense_model(version: Path) -> str | None:
+    """The model that embedded an index version's vectors (its vector manifest), if the folder is here."""
+    manifest = version / "vector" / "manifest.json"
+    return json.loads(manifest.read_text(encoding="utf-8")).get("model_version") if manifest.is_file() else None
 
 
 if __name__ == "__main__":

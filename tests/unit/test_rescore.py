@@ -40,11 +40,20 @@ def test_a_rescorer_learned_on_fewer_features_keeps_them(tmp_path):
     texts, qrels, fused, titles = _word_queries()
     older = [f for f in FEATURES if f not in ("pair_cover", "missing_max_idf")]  # as if learned before those existed
     rescorer, _ = learn_rescorer(texts, qrels, fused, fused, fused, titles, depth=20, unjudged_rel=0, features=older)
-    assert rescorer.features == tuple(older)
+    assert rescorer.features == tuple(older) and rescorer.booster.feature_name() == older
+    # It reads exactly its own columns of the full feature matrix: the left-out ones change nothing.
+    q = next(iter(texts))
+    x = candidate_features(texts[q], fused[q], fused[q], fused[q], titles, rescorer.idf)
+    own = [FEATURES.index(f) for f in older]
+    np.testing.assert_array_equal(rescorer.predict(x), rescorer.booster.predict(x[:, own]))
+    scrambled = x.copy()
+    scrambled[:, [FEATURES.index("pair_cover"), FEATURES.index("missing_max_idf")]] = -7.0
+    np.testing.assert_array_equal(rescorer.predict(scrambled), rescorer.predict(x))
+    with pytest.raises(ValueError, match="distinct features"):
+        learn_rescorer(texts, qrels, fused, fused, fused, titles, depth=20, unjudged_rel=0, features=["bm25", "bm25"])
     RankingPolicy(fusion_weight=0.4, rescorer=rescorer, learned_on="toy").save(tmp_path)
     loaded = RankingPolicy.load(tmp_path)
     assert loaded.rescorer.features == tuple(older)
-    q = next(iter(texts))
     assert loaded.rescore(texts[q], fused[q], fused[q], fused[q], titles) == \
         rescorer.rescore(texts[q], fused[q], fused[q], fused[q], titles)
 

@@ -215,7 +215,9 @@ def learn_rescorer(texts: Mapping[str, str], qrels: Qrels, fused: Mapping[str, H
     of :data:`~skulens.retrieval.rescore.FEATURES` it learns on (all of them by default)."""
     from skulens.retrieval.rescore import FEATURES, Idf, Rescorer
 
-    features = tuple(features or FEATURES)
+    features = FEATURES if features is None else tuple(features)
+    if not features or len(set(features)) != len(features):
+        raise ValueError(f"the rescorer needs distinct features to learn on, got {list(features)}")
     qids = sorted(q for q in texts if qrels.get(q) and fused.get(q))
     measured: dict[str, Any] = {"queries": len(qids), "depth": depth, "unjudged_rel": unjudged_rel,
                                 "features": len(features)}

@@ -149,8 +149,8 @@ def export_embedder(bundle: Path, out_dir: Path, *, texts: list[str], images: li
     import torch
 
     # The exported graphs against torch on the first few inputs: a faithful export does not depend
-    # on which inputs check it, and torch on every parity photo costs more than the rest of the
-    # gate (29 s of 146 s for 512 photos on 2 cores). The INT8 gates below use every input.
+    # on which inputs check it, and torch on every parity photo was a fifth of the whole gate
+    # (29 s of 146 s for 512 photos on 2 cores). The INT8 gates below use every input.
     check = EXPORT_CHECK_INPUTS
     with torch.inference_mode():  # the same decoded pixels, not a second decode
         torch_image = tower.model.encode_image(torch.from_numpy(pixels[:check]), normalize=True).numpy()

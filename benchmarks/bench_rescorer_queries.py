@@ -1,16 +1,13 @@
-"""What the served rescorer should learn from: training queries and features (docs/benchmarks/rescorer.md).
+"""How many training queries the served ranking should learn from: docs/benchmarks/rescorer_queries.md.
 
 `build_index` learns each version's ranking (fusion weight, per-query weight, LambdaMART rescorer of
 the fused head) on 4,000 training queries (``RANKING_QUERIES``), and `skulens eval` the same; the
 Home Depot judgments hold about twice as many useful training queries. This learns the ranking
-exactly as both do on nested samples of 1,000, 2,000, 4,000 and every useful training query, with
-every rescorer feature or without those named in ``NEW`` (empty now: the three features this
-compared, word stems and the title's agreement with the fused head, did not win and were removed
-after commit b4388ac, whose version of this script measured them), and scores each on the held-out
-queries of `skulens eval` (the same split when the same home published training pairs, the same
-dense encoder), with paired 95% bootstrap intervals against ``BASE`` and the learning time.
+exactly as both do on nested samples of 1,000, 2,000, 4,000 and every useful training query, and
+scores each on the held-out queries of `skulens eval` (the same split, the same dense encoder),
+with paired 95% bootstrap intervals of each against the 4,000 in use and the learning time.
 
-    .venv/bin/python benchmarks/bench_rescorer.py
+    .venv/bin/python benchmarks/bench_rescorer_queries.py
 """
 
 from __future__ import annotations
@@ -21,10 +18,8 @@ import time
 import numpy as np
 from _report import machine_description, write_report
 
-NEW: tuple[str, ...] = ()
-# (training queries, features): None queries is every useful training query.
-RUNS = ((1000, "all"), (2000, "all"), (4000, "all"), (None, "all"))
-BASE = "4000, all"
+SIZES = (1000, 2000, 4000, None)  # None: every useful training query
+CURRENT = 4000
 
 
 def main() -> None:
@@ -34,7 +29,6 @@ def main() -> None:
     from skulens.evaluation.metrics import bootstrap_mean, paired_bootstrap, per_query_array
     from skulens.evaluation.ranking import UNJUDGED_REL, learn_adaptive, learn_rescorer, learn_weight
     from skulens.retrieval.ranking import RankingPolicy
-    from skulens.retrieval.rescore import FEATURES
     from skulens.retrieval.retrievers import PolicyRetriever, SearchQuery
     from skulens.settings import load_settings
 
@@ -61,10 +55,9 @@ def main() -> None:
 
     rows: dict[str, dict] = {}
     scores: dict[str, np.ndarray] = {}
-    feature_sets = {"previous": [f for f in FEATURES if f not in NEW], "all": list(FEATURES)}
-    for size, kind in RUNS:
+    for size in SIZES:
         train = sorted(pool[:size] if size else pool)
-        name = f"{size or 'all'}, {kind}"
+        name = str(size or f"all ({len(pool)})")
         t = time.perf_counter()
         qrels = {q: data.qrels[q] for q in train}
         d, lx = {q: pool_dense[q] for q in train}, {q: pool_lexical[q] for q in train}
@@ -73,41 +66,36 @@ def main() -> None:
         policy = RankingPolicy(fusion_weight=weight, adaptive=adaptive)
         fused = {q: policy.fuse(d[q], lx[q], q) for q in train}
         rescorer, measured = learn_rescorer({q: q for q in train}, qrels, fused, d, lx, data.titles,
-                                            depth=cfg.depth, unjudged_rel=UNJUDGED_REL,
-                                            features=feature_sets[kind])
+                                            depth=cfg.depth, unjudged_rel=UNJUDGED_REL)
         learn_s = time.perf_counter() - t
         served = PolicyRetriever(dense, bm25, RankingPolicy(fusion_weight=weight, adaptive=adaptive,
                                                             rescorer=rescorer), cfg.depth, "served",
                                  titles=data.titles)
         scores[name] = ndcg(served)
-        rows[name] = {"train_queries": len(train), "features": kind, "fusion_weight": weight,
-                      "adaptive": adaptive is not None,
+        rows[name] = {"train_queries": len(train), "fusion_weight": weight, "adaptive": adaptive is not None,
                       "rescorer": measured["kept"], "learn_s": round(learn_s, 1),
                       "nDCG@10": [round(v, 4) for v in bootstrap_mean(scores[name])]}
         print(name, rows[name], flush=True)
-    base = scores[BASE]
+    base = scores[str(CURRENT)]
     for name, row in rows.items():
-        row["gain_vs_base"] = [round(v, 4) for v in paired_bootstrap(scores[name], base)]
+        row["gain_vs_4000"] = [round(v, 4) for v in paired_bootstrap(scores[name], base)]
 
-    lines = ["# What the served rescorer learns from: training queries and features", "",
+    lines = ["# How many training queries the served ranking learns from", "",
              f"Measured on {machine_description()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
-             "Command: `.venv/bin/python benchmarks/bench_rescorer.py`.", "",
+             "Command: `.venv/bin/python benchmarks/bench_rescorer_queries.py`.", "",
              f"{len(test)} held-out real Home Depot queries (the split and sample of `skulens eval`) over "
              f"{len(data.ids):,} products; dense side {label}. Each row learns the fusion weight, the per-query "
              "weight and the LambdaMART rescorer of the fused top 100 as `build_index` and `skulens eval` learn "
-             f"them, on nested samples of the {len(pool):,} useful training queries, with every rescorer feature "
-             "(`all`)" + (f" or without {', '.join(f'`{f}`' for f in NEW)} (`previous`)" if NEW else "") +
-             f". Paired 95% bootstrap intervals against {BASE}.", "",
-             "| training queries, features | fusion weight | rescorer kept | nDCG@10 [95% CI] | gain vs "
-             f"{BASE} | learning s |",
+             f"them, on nested samples of the {len(pool):,} useful training queries. Paired 95% bootstrap "
+             f"intervals against the {CURRENT:,} queries in use.", "",
+             "| training queries | fusion weight | rescorer kept | nDCG@10 [95% CI] | gain vs 4,000 | learning s |",
              "|---|---:|---|---|---|---:|"]
     for name, r in rows.items():
-        m, g = r["nDCG@10"], r["gain_vs_base"]
-        lines.append(f"| {name} ({r['train_queries']:,}) | {r['fusion_weight']} | {r['rescorer'].split(':')[0]} | "
-                     f"{m[0]:.4f} [{m[1]:.4f}, {m[2]:.4f}] | {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}] | "
-                     f"{r['learn_s']} |")
+        m, g = r["nDCG@10"], r["gain_vs_4000"]
+        lines.append(f"| {name} | {r['fusion_weight']} | {r['rescorer'].split(':')[0]} | {m[0]:.4f} [{m[1]:.4f}, "
+                     f"{m[2]:.4f}] | {g[0]:+.4f} [{g[1]:+.4f}, {g[2]:+.4f}] | {r['learn_s']} |")
     lines += ["", f"{time.perf_counter() - started:.0f} s in all."]
-    write_report("rescorer", lines, {"machine": machine_description(), "held_out": len(test),
+    write_report("rescorer_queries", lines, {"machine": machine_description(), "held_out": len(test),
                                              "dense": label, "rows": rows})
 
 
