@@ -329,6 +329,9 @@ def main() -> None:
     texts_file = scratch / "texts.json"
     texts_file.write_text(json.dumps(texts), encoding="utf-8")
     results = {}
+    # Extra import folders of the peers that are not skulens dependencies (see the docstring).
+    paths = {"pyserini_bm25": args.pyserini_path,
+             "lancedb_hybrid": args.lancedb_path if Path(args.lancedb_path).is_dir() else None}
     for name in PEERS:
         if name in args.skip:
             results[name] = {"error": "skipped (--skip)"}
@@ -337,8 +340,6 @@ def main() -> None:
             results[name] = {"error": f"not run: no pyserini under {args.pyserini_path} (see the docstring)"}
             continue
         print(f"[peers] {name} ...", flush=True)
-        paths = {"pyserini_bm25": args.pyserini_path,
-                 "lancedb_hybrid": args.lancedb_path if Path(args.lancedb_path).is_dir() else None}
         results[name] = run_peer(name, version, texts_file, args.port, paths)
         if "runs" in results[name]:
             ms = np.array(results[name].pop("ms"))
